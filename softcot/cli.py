@@ -1,0 +1,48 @@
+"""`softcot` command line: one subcommand per pipeline step.
+
+Each subcommand lives in the module that owns the step and exposes
+`add_arguments(parser)` and `run(args)`. Modules are imported only when their command runs,
+so `softcot --help` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from softcot.errors import SoftCoTError
+
+COMMANDS = {
+    "prepare": ("softcot.data.prepare", "prepare one dataset split into the common schema"),
+    "materialize": ("softcot.models.materialize", "turn a model spec into a local Hugging Face directory"),
+    "train": ("softcot.train", "train the soft-thought projection of a model pair on a dataset"),
+    "evaluate": ("softcot.evaluate", "evaluate a method of a model pair on a dataset for every seed"),
+    "table": ("softcot.report", "build a significance-tested table from prediction files"),
+}
+
+
+def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softcot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == argv_command:
+            importlib.import_module(module_name).add_arguments(cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return module.run(args) or 0
+    except SoftCoTError as exc:
+        print(f"softcot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
