@@ -1,0 +1,82 @@
+"""params.yaml validation and preset resolution: typos are caught by name before any job runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from softcot.config import Config, deep_merge
+from softcot.errors import ConfigError
+
+PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def test_shipped_params_are_valid_for_every_preset(raw):
+    for preset in raw["presets"]:
+        cfg = Config(deep_merge(raw, {"preset": preset}))
+        assert cfg.all_cells(), preset
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"eval": {"temprature": 1.0}}, "temprature"),
+        ({"train": {"lrate": 1e-3}}, "lrate"),
+        ({"methods": {"cot": {"kind": "cot", "sampels": 3}}}, "sampels"),
+        ({"tables": {"main_table": {"datasets": ["gsm8k", "gsm9k"]}}}, "gsm9k"),
+        ({"eval": {"extractor": "lenient"}}, "lenient"),
+        ({"preset": "huge"}, "huge"),
+        ({"data": {"asdiv_aug": {"variants": 0}}}, "data.asdiv_aug.variants"),
+    ],
+)
+def test_invalid_value_is_reported_by_name(raw, override, named):
+    with pytest.raises(ConfigError, match=named):
+        Config(deep_merge(raw, override))
+
+
+def test_table_referring_to_unknown_method_is_rejected(raw):
+    raw["tables"]["main_table"]["rows"][0]["method"] = "zero-shot"
+    with pytest.raises(ConfigError, match=r"tables\.main_table\.rows\[0\]\.method: unknown method 'zero-shot'"):
+        Config(raw)
+
+
+def test_role_pointing_to_missing_pair_is_rejected(raw):
+    raw["presets"]["tiny"]["roles"]["main"] = "nonexistent"
+    with pytest.raises(ConfigError, match=r"presets\.tiny\.roles\.main"):
+        Config(raw)
+
+
+def test_preset_overrides_shared_settings_and_method_overrides_both(raw):
+    raw["eval"]["max_new_tokens"] = 1024
+    raw["presets"]["tiny"]["eval"]["max_new_tokens"] = 64
+    cfg = Config(raw)
+    assert cfg.eval_settings("cot")["max_new_tokens"] == 64
+    assert cfg.eval_settings("softcot-n6")["num_thought_tokens"] == 6
+    assert cfg.eval_settings("softcot")["num_thought_tokens"] == raw["eval"]["num_thought_tokens"]
+    assert cfg.eval_settings("cot-sc")["samples"] == 10
+    assert cfg.eval_settings("cot")["samples"] == 1
+
+
+def test_roles_resolve_to_pairs_and_missing_roles_drop_rows(raw):
+    cfg = Config(raw)  # tiny preset: no `size_medium` role
+    table = cfg.table("assistant_size")
+    assert {row["pair"] for row in table["rows"]} <= set(cfg.pairs)
+    assert table["dropped_rows"] == ["SoftCoT (medium assistant)"]
+    paper = Config(deep_merge(raw, {"preset": "paper"}))
+    assert paper.table("main_table")["rows"][0]["pair"] == "llama"
+    assert paper.table("assistant_size")["dropped_rows"] == []
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Config.load(tmp_path / "params.yaml")
+
+
+def test_date_is_evaluated_with_the_gsm8k_projector():
+    assert Config.projector_dataset("date") == "gsm8k"
+    assert Config.projector_dataset("aqua") == "aqua"
