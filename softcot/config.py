@@ -54,6 +54,9 @@ def validate(raw: dict, schema_path: Path = SCHEMA_PATH) -> None:
         for role, pair in preset["roles"].items():
             if pair not in preset["pairs"]:
                 problems.append(f"presets.{name}.roles.{role}: pair {pair!r} is not in presets.{name}.pairs")
+    for name, method in raw["methods"].items():
+        if "seeds" in method:
+            problems.append(f"methods.{name}.seeds: seeds are shared by all methods; set eval.seeds")
     for name, table in raw["tables"].items():
         keys = [row["key"] for row in table["rows"]]
         if len(set(keys)) != len(keys):
@@ -113,6 +116,11 @@ class Config:
     # --- settings ---------------------------------------------------------------------
     def train_settings(self) -> dict[str, Any]:
         return deep_merge(self.raw["train"], self.preset.get("train", {}))
+
+    @property
+    def seeds(self) -> list[int]:
+        """Evaluation seeds; one evaluation job writes one prediction file per seed."""
+        return deep_merge(self.raw["eval"], self.preset.get("eval", {}))["seeds"]
 
     def eval_settings(self, method: str) -> dict[str, Any]:
         """Protocol defaults, then the preset's, then the method's own keys (`kind` included)."""

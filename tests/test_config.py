@@ -45,6 +45,12 @@ def test_table_referring_to_unknown_method_is_rejected(raw):
         Config(raw)
 
 
+def test_seeds_cannot_differ_between_methods(raw):
+    raw["methods"]["cot"]["seeds"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"methods\.cot\.seeds"):
+        Config(raw)
+
+
 def test_role_pointing_to_missing_pair_is_rejected(raw):
     raw["presets"]["tiny"]["roles"]["main"] = "nonexistent"
     with pytest.raises(ConfigError, match=r"presets\.tiny\.roles\.main"):

@@ -25,8 +25,20 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+# GPUs one training or evaluation job needs (0 on the CPU preset); a profile maps it to the cluster.
+GPU_PER_JOB = CFG.preset["gpus_per_job"]
+
+
 def prepared(dataset, split):
     return f"data/prepared/{dataset}/{split}.jsonl"
+
+
+def model_dir(model):
+    return f"results/models/{model}"
+
+
+def projector(pair, dataset):
+    return f"results/projectors/{pair}/{dataset}/projector.safetensors"
 
 
 def all_targets():
