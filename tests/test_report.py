@@ -1,0 +1,334 @@
+"""The table builder on synthetic prediction files written by the tests."""
+
+import csv
+import json
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softcot import report, stats
+from softcot.cli import main
+from softcot.config import Config
+from softcot.errors import DataError
+from softcot.io import write_json_atomic, write_jsonl_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = [41, 42, 43]
+
+
+def make_spec(**overrides) -> dict:
+    spec = {
+        "title": "Synthetic table",
+        "datasets": ["gsm8k", "aqua"],
+        "average": True,
+        "baseline": "cot",
+        "preset": "tiny",
+        "dropped_rows": ["Left out"],
+        "rows": [
+            {"key": "cot", "label": "Zero-Shot CoT", "pair": "p", "method": "cot", "seeds": SEEDS},
+            {"key": "same", "label": "No effect", "pair": "p", "method": "cot-unk", "seeds": SEEDS},
+            {"key": "better", "label": "Planted effect", "pair": "q", "method": "softcot", "seeds": SEEDS},
+        ],
+    }
+    return spec | overrides
+
+
+def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None, extractor="robust"):
+    ids = ids or [f"{dataset}-{i:04d}" for i in range(len(correct))]
+    records = [
+        {
+            "id": example_id,
+            "dataset": dataset,
+            "pair": row["pair"],
+            "method": row["method"],
+            "seed": seed,
+            "output": "... the final answer is: $\\boxed{1}$.",
+            "prediction": "1",
+            "gold": "1" if ok else "2",
+            "correct": bool(ok),
+            "generated_tokens": 12,
+        }
+        for example_id, ok in zip(ids, correct, strict=True)
+    ]
+    where = (root, row["pair"], dataset, row["method"], seed)
+    write_jsonl_atomic(report.prediction_path(*where), records)
+    write_json_atomic(
+        report.metrics_path(*where),
+        {
+            "accuracy": float(np.mean(correct)),
+            "n": len(records),
+            "extraction_failures": 0,
+            "mean_generated_tokens": 12.0,
+            "tokens_per_second": 3.5,
+            "extractor": extractor,
+            "settings": {"temperature": 1.0},
+        },
+    )
+
+
+def write_prepared(root: Path, datasets, n: int):
+    for ds in datasets:
+        records = [{"id": f"{ds}-{i:04d}", "question": "q", "answer": "1"} for i in range(n)]
+        write_jsonl_atomic(report.prepared_test_path(root, ds), records)
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """Baseline and a no-effect row near 35%, a row 30 points better, on 200 examples of varied difficulty."""
+    spec = make_spec()
+    rng = np.random.default_rng(2024)
+    n = 200
+    effects = {"cot": 0.0, "same": 0.0, "better": 0.3}
+    for ds in spec["datasets"]:
+        difficulty = rng.uniform(0.1, 0.6, n)  # + 0.3 stays below 1: the planted effect is exactly 30 points
+        for row in spec["rows"]:
+            for seed in row["seeds"]:
+                correct = rng.random(n) < difficulty + effects[row["key"]]
+                write_seed(tmp_path / "pred", row, ds, seed, correct)
+    write_prepared(tmp_path / "prepared", spec["datasets"], n)
+    return spec, tmp_path
+
+
+def build(spec, tmp_path, resamples=2_000):
+    return report.build_table("synthetic", spec, tmp_path / "pred", tmp_path / "prepared", resamples)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_planted_effect_is_significant_and_no_effect_is_not(synthetic):
+    spec, tmp_path = synthetic
+    table = build(spec, tmp_path)
+    for ds in spec["datasets"]:
+        better, same = table.comparisons["better", ds], table.comparisons["same", ds]
+        assert better.significant and better.p_adjusted < 0.01
+        assert better.ci_low < 30 < better.ci_high  # the planted difference, in points
+        assert better.ci_low < better.delta < better.ci_high
+        assert not same.significant
+    assert ("cot", "gsm8k") not in table.comparisons  # the baseline is not tested against itself
+
+
+def test_delta_is_the_difference_of_cell_means_and_holm_spans_the_table(synthetic):
+    spec, tmp_path = synthetic
+    table = build(spec, tmp_path)
+    for (key, ds), comparison in table.comparisons.items():
+        expected = table.cells[key, ds].accuracies.mean() - table.cells["cot", ds].accuracies.mean()
+        assert comparison.delta == pytest.approx(expected)
+    raw = np.array([c.p_value for c in table.comparisons.values()])
+    adjusted = np.array([c.p_adjusted for c in table.comparisons.values()])
+    assert len(raw) == 4  # 2 rows x 2 datasets
+    smallest = np.argmin(raw)
+    assert adjusted[smallest] == pytest.approx(min(1.0, 4 * raw[smallest]))
+    assert np.all(adjusted >= raw)
+
+
+def test_std_over_seeds_and_average_column(tmp_path):
+    spec = make_spec(rows=make_spec()["rows"][:2])
+    # 10 examples: gsm8k seeds correct on 5, 6, 8 -> 50, 60, 80 %; aqua on 3, 3, 6 -> 30, 30, 60 %.
+    counts = {"gsm8k": [5, 6, 8], "aqua": [3, 3, 6]}
+    for ds, per_seed in counts.items():
+        for row in spec["rows"]:
+            for seed, k in zip(SEEDS, per_seed, strict=True):
+                write_seed(tmp_path / "pred", row, ds, seed, [i < k for i in range(10)])
+    write_prepared(tmp_path / "prepared", spec["datasets"], 10)
+    paths = report.write_reports(build(spec, tmp_path, 500), tmp_path / "reports")
+
+    rows = {(r["row"], r["dataset"]): r for r in read_csv(paths[1])}
+    gsm = rows["same", "gsm8k"]
+    assert float(gsm["mean"]) == pytest.approx(190 / 3, abs=1e-5)
+    assert float(gsm["std"]) == pytest.approx(statistics.stdev([50, 60, 80]), abs=1e-5)
+    assert float(gsm["std_population"]) == pytest.approx(statistics.pstdev([50, 60, 80]), abs=1e-5)
+    assert [float(gsm[f"acc_seed{s}"]) for s in SEEDS] == [50.0, 60.0, 80.0]
+    assert (gsm["n_seeds"], gsm["n_examples"]) == ("3", "10")
+    # Identical rows: no difference, p = 1.
+    assert float(gsm["delta"]) == 0.0 and float(gsm["p_value"]) == 1.0 and gsm["significant"] == "False"
+
+    avg = rows["same", "avg"]  # per seed: (50+30)/2, (60+30)/2, (80+60)/2 = 40, 45, 70
+    assert float(avg["mean"]) == pytest.approx(155 / 3, abs=1e-5)
+    assert float(avg["std"]) == pytest.approx(statistics.stdev([40, 45, 70]), abs=1e-5)
+    assert avg["p_value"] == "" and avg["n_examples"] == "20"
+    assert json.loads(paths[2].read_text())["same"]["avg"] == pytest.approx(51.6667)
+
+    markdown = paths[0].read_text()
+    assert "| No effect | 63.33 ± 15.28 | 40.00 ± 17.32 | 51.67 ± 16.07 |" in markdown
+
+
+def test_md_csv_json_are_consistent(synthetic):
+    spec, tmp_path = synthetic
+    paths = report.write_reports(build(spec, tmp_path), tmp_path / "reports")
+    assert [p.name for p in paths] == ["synthetic.md", "synthetic.csv", "synthetic.json"]
+    markdown, csv_rows, metrics = paths[0].read_text(), read_csv(paths[1]), json.loads(paths[2].read_text())
+
+    assert len(csv_rows) == 3 * 3  # rows x (datasets + avg)
+    assert set(metrics) == {"cot", "same", "better"}
+    accuracy_table = markdown.split("Difference from")[0]
+    lines = {
+        line.split(" | ")[0].strip("| "): line
+        for line in accuracy_table.splitlines()
+        if line.startswith("| ")
+    }
+    for record in csv_rows:
+        assert metrics[record["row"]][record["dataset"]] == pytest.approx(float(record["mean"]), abs=1e-4)
+        mark = "†" if record["significant"] == "True" else ""
+        cell = f"{float(record['mean']):.2f} ± {float(record['std']):.2f}{mark}"
+        assert re.search(rf"\| {re.escape(cell)} (\||$)", lines[record["label"]]), (
+            cell,
+            lines[record["label"]],
+        )
+        if record["row"] != "cot" and record["dataset"] != "avg":
+            assert float(record["p_adjusted"]) >= float(record["p_value"])
+            delta, low, high = (float(record[k]) for k in ("delta", "ci_low", "ci_high"))
+            assert f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" in markdown
+
+    assert "Holm–Bonferroni over all 4 comparisons" in markdown
+    assert "sign-flip permutation test" in markdown and "2,000 resamples" in markdown
+    assert "Seeds: 41, 42, 43." in markdown
+    assert "Examples per dataset: gsm8k 200, aqua 200." in markdown
+    assert "Answer extractor: robust." in markdown
+    assert "Preset: tiny. Rows the preset lacks: Left out." in markdown
+    assert re.search(r"git commit ([0-9a-f]{40}(\+dirty)?|unknown)\.", markdown)
+    digest = report.sha256_file(tmp_path / "prepared" / "gsm8k" / "test.jsonl")[:12]
+    assert f"gsm8k {digest}" in markdown
+
+
+def test_missing_files_are_listed_and_nothing_is_written(synthetic):
+    spec, tmp_path = synthetic
+    gone = [
+        report.prediction_path(tmp_path / "pred", "q", "aqua", "softcot", 42),
+        report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 43),
+    ]
+    for path in gone:
+        path.unlink()
+    out = tmp_path / "reports"
+    with pytest.raises(DataError, match="2 input files are missing") as error:
+        report.write_reports(build(spec, tmp_path), out)
+    assert all(str(path) in str(error.value) for path in gone)
+    assert not out.exists()
+
+
+def test_example_ids_must_match_the_baseline(tmp_path):
+    spec = make_spec(datasets=["gsm8k"], average=False)
+    for row in spec["rows"]:
+        ids = [f"gsm8k-{i}" for i in range(5)]
+        if row["key"] == "better":
+            ids[2] = "gsm8k-99"
+        for seed in SEEDS:
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, [True, False, True, True, False], ids=ids)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 5)
+    with pytest.raises(DataError) as error:
+        build(spec, tmp_path)
+    message = str(error.value)
+    assert str(report.prediction_path(tmp_path / "pred", "q", "gsm8k", "softcot", 41)) in message
+    assert str(report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)) in message
+    assert "gsm8k-99" in message and "gsm8k-2" in message
+
+
+def test_example_ids_must_match_across_seeds(tmp_path):
+    spec = make_spec(datasets=["gsm8k"], rows=make_spec()["rows"][:1])
+    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 41, [True, False], ids=["a", "b"])
+    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 42, [True, False], ids=["a", "c"])
+    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 43, [True, False], ids=["a", "b"])
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
+    with pytest.raises(DataError, match=r"seed41\.jsonl and .*seed42\.jsonl hold different examples"):
+        build(spec, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("broken_line", "message"),
+    [
+        ('{"id": "x", "correct": "yes"}', r"seed41\.jsonl:2: key 'correct' must be true or false"),
+        ('{"correct": true}', r"seed41\.jsonl:2: record lacks key 'id'"),
+        ('{"id": "gsm8k-0000", "correct": true}', r"seed41\.jsonl:2: duplicate example id 'gsm8k-0000'"),
+    ],
+)
+def test_bad_prediction_records_name_file_and_line(tmp_path, broken_line, message):
+    spec = make_spec(datasets=["gsm8k"], rows=make_spec()["rows"][:1])
+    for seed in SEEDS:
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True])
+    path = report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
+    path.write_text(path.read_text() + broken_line + "\n")
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 1)
+    with pytest.raises(DataError, match=message):
+        build(spec, tmp_path)
+
+
+def test_metrics_must_describe_the_prediction_file(tmp_path):
+    spec = make_spec(datasets=["gsm8k"], rows=make_spec()["rows"][:1])
+    for seed in SEEDS:
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, False])
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
+    metrics = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 42)
+    metrics.write_text(json.dumps({"n": 3, "extractor": "robust"}))
+    with pytest.raises(DataError, match=r"seed42\.metrics\.json: key 'n' is 3 but .* has 2 records"):
+        build(spec, tmp_path)
+    metrics.write_text(json.dumps({"n": 2}))
+    with pytest.raises(DataError, match=r"seed42\.metrics\.json: lacks key 'extractor'"):
+        build(spec, tmp_path)
+
+
+def test_cli_with_params_writes_plot_table(tmp_path):
+    """The thought-token table of the repository's params.yaml, whose rows have x, gets a PNG."""
+    spec = report.table_spec(Config.load(REPO / "params.yaml"), "thought_tokens")
+    assert report.has_plot(spec) and all(row["seeds"] for row in spec["rows"])
+    rng = np.random.default_rng(5)
+    for row in spec["rows"]:
+        for seed in row["seeds"]:
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(6) < 0.5)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 6)
+    out = tmp_path / "reports"
+    args = ["table", "--table", "thought_tokens", "--params", str(REPO / "params.yaml")]
+    args += ["--predictions", str(tmp_path / "pred"), "--prepared", str(tmp_path / "prepared")]
+    assert main([*args, "--out-dir", str(out), "--resamples", "200"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"thought_tokens.{s}" for s in ("csv", "json", "md", "png")
+    ]
+    assert (out / "thought_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(json.loads((out / "thought_tokens.json").read_text())) == {row["key"] for row in spec["rows"]}
+
+
+def test_cli_settings_default_resamples_and_errors(tmp_path, capsys):
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=make_spec()["rows"][::2])
+    for row in spec["rows"]:
+        for seed in SEEDS:
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, [row["key"] == "better"] * 30)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 30)
+    args = ["table", "--table", "synthetic", "--settings", json.dumps(spec)]
+    args += ["--predictions", str(tmp_path / "pred"), "--prepared", str(tmp_path / "prepared")]
+    args += ["--out-dir", str(tmp_path / "reports")]
+    assert main(args) == 0
+    better = next(r for r in read_csv(tmp_path / "reports" / "synthetic.csv") if r["row"] == "better")
+    assert float(better["p_value"]) == pytest.approx(1 / (stats.DEFAULT_RESAMPLES + 1))
+    assert "10,000 resamples" in (tmp_path / "reports" / "synthetic.md").read_text()
+
+    del spec["baseline"]
+    assert main([*args[:4], json.dumps(spec), *args[5:]]) == 2
+    assert "table spec lacks baseline" in capsys.readouterr().err
+    args[1 + args.index("--predictions")] = str(tmp_path / "nowhere")
+    assert main(args) == 2
+    assert "input files are missing" in capsys.readouterr().err
+
+
+def test_git_commit_reports_unknown_clean_and_dirty(tmp_path):
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert report.git_commit(outside) == "unknown"
+
+    repo = tmp_path / "repo"  # a throwaway repository, not the project's
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "m"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert report.git_commit(repo) == head
+    (repo / "f.txt").write_text("b")
+    assert report.git_commit(repo) == head + "+dirty"
