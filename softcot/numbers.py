@@ -22,8 +22,15 @@ def number_value(text: str) -> Decimal:
 
 
 def format_decimal(value: Decimal) -> str:
-    """Canonical text of a value: no exponent, no trailing zeros, no negative zero."""
-    return "0" if value == 0 else format(value.normalize(), "f")
+    """Canonical text of a value: no exponent, no trailing zeros, no negative zero.
+
+    Trailing zeros are stripped from the text, not with `Decimal.normalize()`, which rounds to
+    the context's 28 digits and would change a long model output's value.
+    """
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def normalize_number(text: str) -> str:

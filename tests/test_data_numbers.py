@@ -45,3 +45,10 @@ def test_number_value_is_exact():
 def test_format_decimal_never_uses_an_exponent():
     assert format_decimal(Decimal("1E+3")) == "1000"
     assert format_decimal(Decimal("-0.0")) == "0"
+
+
+def test_long_numbers_keep_every_digit():
+    ones = "1" * 40
+    assert normalize_number(ones) == ones
+    assert normalize_number(ones + ".500") == ones + ".5"
+    assert normalize_number("1" + "0" * 35) == "1" + "0" * 35
