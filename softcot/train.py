@@ -1,0 +1,540 @@
+"""`softcot train`: fit the soft-thought projection of a model pair on one dataset's training split.
+
+Both models stay frozen; the only trainable tensors are the projector's `weight` and `bias`
+(protocol §7). Three things keep this cheap without changing the result:
+- the assistant's states at its slots depend only on (assistant, prompt set, N, example), so they
+  are computed once, kept in memory for every epoch and cached on disk
+  (results/states/{assistant}/{prompt_set}/{dataset}/train-n{N}.safetensors);
+- the loss needs logits only where labels are supervised, so the decoder runs to its hidden
+  states and the LM head is applied to the supervised positions alone;
+- the prompt before the thoughts does not depend on the projection, so it runs without autograd
+  and the backward pass stops at the slot.
+A run writes its state after every epoch (resume.pt) and continues from there after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import torch
+import torch.nn.functional as F
+import transformers
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from softcot.config import SCHEMA_PATH, Config
+from softcot.data.schema import read_prepared
+from softcot.errors import ConfigError, DataError
+from softcot.io import atomic_path, sha256_file, write_json_atomic
+from softcot.prompts import (
+    PromptRenderer,
+    TrainingSequence,
+    load_prompt_set,
+    locate_assistant_slots,
+    locate_base_slots,
+)
+from softcot.thoughts import (
+    MASTER_DTYPES,
+    Projector,
+    assistant_states,
+    base_embeddings,
+    right_pad,
+    save_projector,
+    splice_thoughts,
+)
+
+IGNORE = -100
+RESUME_NAME = "resume.pt"
+
+
+# --- data ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingData:
+    """Every training example encoded for both models, in file order."""
+
+    example_ids: list[str]
+    base: list[TrainingSequence]
+    assistant_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+
+def encode_training_data(
+    examples: Sequence[dict],
+    base: PromptRenderer,
+    assistant: PromptRenderer,
+    n: int,
+    drop_last_token: bool,
+    max_length: int,
+    source: str,
+) -> TrainingData:
+    """Encode the base training sequences and the assistant prompts; `source` names the file in errors."""
+    base_sequences, assistant_ids = [], []
+    for example in tqdm(examples, desc=f"encode {source}", unit="example", leave=False):
+        sequence = base.training_sequence(example, n, drop_last_token)
+        if len(sequence.ids) > max_length:
+            raise DataError(
+                f"{source}: example {example['id']!r} is {len(sequence.ids)} tokens long, over "
+                f"train.max_length={max_length}; raise max_length (sequences are never cut)"
+            )
+        base_sequences.append(sequence)
+        assistant_ids.append(assistant.assistant_ids(example, n))
+    return TrainingData([e["id"] for e in examples], base_sequences, assistant_ids)
+
+
+def compute_states(
+    assistant: Any,
+    data: TrainingData,
+    indices: Sequence[int],
+    n: int,
+    batch_size: int,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Assistant slot states [len(indices), N, H_a] on the CPU, batched by length to save padding;
+    `progress` names a progress bar (None: no bar)."""
+    order = sorted(range(len(indices)), key=lambda i: len(data.assistant_ids[indices[i]]))
+    device = next(assistant.model.parameters()).device
+    chunks: list[torch.Tensor] = []
+    batches = range(0, len(order), batch_size)
+    for begin in tqdm(batches, desc=progress, unit="batch", disable=progress is None):
+        rows = [indices[i] for i in order[begin : begin + batch_size]]
+        ids, mask = right_pad([data.assistant_ids[r] for r in rows], assistant.pad_id)
+        starts = locate_assistant_slots(
+            ids, mask, assistant.placeholder_ids, n, [data.example_ids[r] for r in rows]
+        )
+        chunks.append(assistant_states(assistant.model, ids.to(device), mask.to(device), starts, n).cpu())
+    states = torch.cat(chunks)
+    result = torch.empty_like(states)
+    result[torch.tensor(order)] = states
+    return result
+
+
+def state_cache_metadata(
+    assistant: Any, prompt_set_name: str, data: TrainingData, n: int, data_sha256: str
+) -> dict:
+    """What the cached states depend on; a cache whose metadata differs is recomputed."""
+    inputs = hashlib.sha256(json.dumps(data.assistant_ids).encode()).hexdigest()
+    spec = hashlib.sha256(json.dumps(assistant.spec.to_dict(), sort_keys=True).encode()).hexdigest()
+    return {
+        "assistant": assistant.spec.name,
+        "assistant_spec_sha256": spec,
+        "prompt_set": prompt_set_name,
+        "num_thought_tokens": str(n),
+        "data_sha256": data_sha256,
+        "examples": str(len(data)),
+        "inputs_sha256": inputs,
+    }
+
+
+def load_or_compute_states(
+    path: Path, metadata: dict[str, str], compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """States from the cache file when its metadata matches, else computed and written there."""
+    if path.exists():
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata() == metadata:
+                return f.get_tensor("states")
+        print(f"softcot train: {path} was built from other inputs; recomputing it")
+    states = compute()
+    with atomic_path(path) as tmp:
+        save_file({"states": states.contiguous()}, str(tmp), metadata=metadata)
+    return states
+
+
+# --- loss ------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Right-padded base sequences of some examples, their labels and base slot starts."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    starts: torch.Tensor
+    indices: list[int]
+
+
+def make_batch(base: Any, data: TrainingData, indices: Sequence[int], n: int) -> Batch:
+    sequences = [data.base[i] for i in indices]
+    ids, mask = right_pad([s.ids for s in sequences], base.pad_id)
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    for row, sequence in enumerate(sequences):
+        labels[row, : sequence.supervised_from] = IGNORE
+    starts = locate_base_slots(ids, mask, base.placeholder_ids, n, [data.example_ids[i] for i in indices])
+    return Batch(ids, mask, labels, starts, list(indices))
+
+
+def batch_thoughts(
+    assistant: Any, data: TrainingData, indices: Sequence[int], n: int, cached: torch.Tensor | None
+) -> torch.Tensor:
+    """The assistant slot states of these examples: from the cache, or by a forward pass now."""
+    if cached is not None:
+        return cached[list(indices)]
+    return compute_states(assistant, data, indices, n, len(indices))
+
+
+def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on some hidden states, with the final soft-capping the model applies (Gemma 2)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def decoder_states(model: Any, embeds: torch.Tensor, mask: torch.Tensor, frozen: int) -> torch.Tensor:
+    """Last-layer hidden states of positions frozen .. L-1 of `embeds` [B, L, H].
+
+    The first `frozen` positions run without autograd: the prompt before the thoughts does not
+    depend on the projection, so only its keys and values are needed, and the backward pass
+    stops at the slot instead of crossing the whole prompt.
+    """
+    mask = mask.to(embeds.device)
+    if frozen == 0:
+        return model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    with torch.no_grad():
+        prefix = model.base_model(
+            inputs_embeds=embeds[:, :frozen], attention_mask=mask[:, :frozen], use_cache=True
+        )
+    return model.base_model(
+        inputs_embeds=embeds[:, frozen:],
+        attention_mask=mask,
+        past_key_values=prefix.past_key_values,
+        use_cache=True,
+    ).last_hidden_state
+
+
+def lm_loss_sum(
+    model: Any,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    supervised_only: bool = True,
+    frozen: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """(summed next-token cross-entropy over supervised labels, their count).
+
+    supervised_only applies the LM head only where a label is supervised, instead of at every
+    position; `frozen` leading positions run without autograd (see decoder_states) and must hold
+    no supervised label. Both leave the loss unchanged.
+    """
+    labels = labels.to(embeds.device)
+    if bool((labels[:, : frozen + 1] != IGNORE).any()):
+        raise ValueError(
+            f"supervised labels inside the first {frozen + 1} positions, which run without autograd"
+        )
+    hidden = decoder_states(model, embeds, mask, frozen)[:, :-1]
+    targets = labels[:, frozen + 1 :]
+    selected = targets != IGNORE
+    if supervised_only:
+        loss = F.cross_entropy(
+            output_logits(model, hidden[selected]).float(), targets[selected], reduction="sum"
+        )
+    else:
+        logits = output_logits(model, hidden).float()
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
+    return loss, int(selected.sum())
+
+
+def batch_loss(
+    base: Any,
+    projector: Projector,
+    batch: Batch,
+    thoughts: torch.Tensor,
+    supervised_only: bool = True,
+    prompt_without_grad: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Project the thoughts, splice them into the base embeddings and score the targets.
+
+    The two switches exist for the equivalence tests and benchmarks/train_step.py; training
+    always uses both.
+    """
+    device = next(base.model.parameters()).device
+    embeds = base_embeddings(base.model, batch.ids.to(device))
+    embeds = splice_thoughts(embeds, batch.starts.to(device), projector(thoughts.to(device)))
+    frozen = int(batch.starts.min()) if prompt_without_grad else 0
+    return lm_loss_sum(base.model, embeds, batch.mask, batch.labels, supervised_only, frozen)
+
+
+# --- training loop ---------------------------------------------------------------------------
+def _steps(order: list[int], batch_size: int, grad_accum: int) -> list[list[list[int]]]:
+    """An epoch's optimizer steps, each a list of micro-batches of example indices."""
+    micro = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
+
+
+def _optimizer_step(projector: Projector, optimizer, scheduler, max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(projector.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue exactly where it stopped (saved as resume.pt)."""
+
+    projector: Projector
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    step_losses: list[float]
+    epoch_losses: list[float]
+    epochs_done: int = 0
+
+    def save(self, path: Path, fingerprint: dict[str, Any]) -> None:
+        state = {
+            "fingerprint": fingerprint,
+            "epochs_done": self.epochs_done,
+            "projector": self.projector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step_losses": self.step_losses,
+            "epoch_losses": self.epoch_losses,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def restore(self, path: Path, fingerprint: dict[str, Any]) -> bool:
+        """Load `path` if it belongs to this run (same fingerprint); say what happened."""
+        if not path.exists():
+            return False
+        # On the CPU: the generator state must stay there; the rest is copied to the device on load.
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["fingerprint"] != fingerprint:
+            print(f"softcot train: {path} belongs to another run; starting over")
+            return False
+        self.projector.load_state_dict(saved["projector"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        self.step_losses, self.epoch_losses = saved["step_losses"], saved["epoch_losses"]
+        self.epochs_done = saved["epochs_done"]
+        print(f"softcot train: resuming {path.parent} after epoch {self.epochs_done}")
+        return True
+
+
+def new_training_state(
+    settings: dict[str, Any], assistant_dim: int, base_dim: int, total_steps: int, device: torch.device
+) -> TrainingState:
+    """Seeded projection, AdamW (protocol §7), linear decay to 0 without warm-up, seeded data order."""
+    projector = Projector.seeded(
+        assistant_dim, base_dim, settings["seed"], MASTER_DTYPES[settings["projection_master_dtype"]]
+    ).to(device)
+    optimizer = torch.optim.AdamW(
+        projector.parameters(), lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total_steps))
+    return TrainingState(
+        projector, optimizer, scheduler, torch.Generator().manual_seed(settings["seed"]), [], []
+    )
+
+
+def train_projector(
+    base: Any,
+    assistant: Any,
+    data: TrainingData,
+    states: torch.Tensor,
+    settings: dict[str, Any],
+    out_dir: Path,
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    """Train, saving out_dir/resume.pt after each epoch; write projector.safetensors; return the losses.
+
+    `fingerprint` identifies the run (settings, models, data): a resume file from another run
+    is ignored. The per-step loss goes to out_dir/dvclive ('train/loss').
+    """
+    from dvclive import Live
+
+    n = settings["num_thought_tokens"]
+    steps_per_epoch = math.ceil(len(data) / (settings["batch_size"] * settings["grad_accum"]))
+    device = next(base.model.parameters()).device
+    total_steps = settings["epochs"] * steps_per_epoch
+    base_dim = base.model.get_input_embeddings().embedding_dim
+    state = new_training_state(settings, states.shape[-1], base_dim, total_steps, device)
+    resume_path = out_dir / RESUME_NAME
+    state.restore(resume_path, fingerprint)
+
+    live = Live(dir=str(out_dir / "dvclive"), dvcyaml=False, save_dvc_exp=False)
+    for loss in state.step_losses:  # replayed, so a resumed run logs what an uninterrupted one does
+        live.log_metric("train/loss", loss)
+        live.next_step()
+    progress = tqdm(total=total_steps, initial=len(state.step_losses), desc=f"train {out_dir}", unit="step")
+    for _ in range(state.epochs_done, settings["epochs"]):
+        order = torch.randperm(len(data), generator=state.generator).tolist()
+        epoch_start = len(state.step_losses)
+        for micro_batches in _steps(order, settings["batch_size"], settings["grad_accum"]):
+            batches = [make_batch(base, data, indices, n) for indices in micro_batches]
+            tokens = sum(int((b.labels[:, 1:] != IGNORE).sum()) for b in batches)
+            step_loss = 0.0
+            for batch in batches:
+                thoughts = batch_thoughts(assistant, data, batch.indices, n, states)
+                loss_sum, _ = batch_loss(base, state.projector, batch, thoughts)
+                (loss_sum / tokens).backward()  # the mean over the step's supervised tokens
+                step_loss += loss_sum.item() / tokens
+            _optimizer_step(state.projector, state.optimizer, state.scheduler, settings["max_grad_norm"])
+            state.step_losses.append(step_loss)
+            live.log_metric("train/loss", step_loss)
+            live.next_step()
+            progress.update()
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+        epoch = state.step_losses[epoch_start:]
+        state.epoch_losses.append(sum(epoch) / len(epoch))
+        state.epochs_done += 1
+        state.save(resume_path, fingerprint)
+    progress.close()
+    live.end()
+
+    save_projector(out_dir / "projector.safetensors", state.projector)
+    resume_path.unlink(missing_ok=True)
+    return {
+        "steps": len(state.step_losses),
+        "first_step_loss": state.step_losses[0],
+        "last_step_loss": state.step_losses[-1],
+        "epoch_losses": state.epoch_losses,
+        "final_loss": state.epoch_losses[-1],
+        "assistant_dim": state.projector.in_features,
+        "base_dim": state.projector.out_features,
+    }
+
+
+# --- command line ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pair", required=True, help="model pair name (params.yaml presets.<preset>.pairs)")
+    parser.add_argument("--dataset", required=True, help="dataset whose train split to fit")
+    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
+    parser.add_argument(
+        "--settings", help="train settings as JSON; replaces params.yaml's (Snakemake passes them)"
+    )
+    parser.add_argument(
+        "--pair-models", help='the pair as JSON {"assistant": ..., "base": ...}; replaces params.yaml\'s'
+    )
+    parser.add_argument(
+        "--option-format",
+        help="how options are written into questions (default: params data.aqua.option_format)",
+    )
+    parser.add_argument(
+        "--models-dir", default="results/models", help="materialized models (default: %(default)s)"
+    )
+    parser.add_argument("--data", default="data/prepared", help="prepared datasets (default: %(default)s)")
+    parser.add_argument(
+        "--states", default="results/states", help="assistant state cache (default: %(default)s)"
+    )
+    parser.add_argument("--out", default="results/projectors", help="projector root (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def validate_settings(settings: Any, origin: str) -> dict[str, Any]:
+    """Check train settings against params.schema.yaml's train section."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    section = {**schema["$defs"]["train_settings"], "$defs": schema["$defs"]}
+    section["required"] = sorted(section["properties"])  # every setting: nothing falls back silently
+    errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
+    if errors:
+        lines = [
+            f"  train.{'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
+        ]
+        raise ConfigError(f"{origin}: invalid train settings:\n" + "\n".join(lines))
+    return settings
+
+
+def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], str]:
+    """(train settings, pair models, option format): from the arguments, else from params.yaml."""
+    cfg = None if (args.settings and args.pair_models and args.option_format) else Config.load(args.params)
+    if args.settings is None:
+        settings = validate_settings(cfg.train_settings(), args.params)
+    else:
+        try:
+            settings = validate_settings(json.loads(args.settings), "--settings")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--settings: not valid JSON ({exc})") from exc
+    pair = json.loads(args.pair_models) if args.pair_models else cfg.pair(args.pair)
+    if not isinstance(pair, dict) or set(pair) != {"assistant", "base"}:
+        raise ConfigError(
+            f'--pair-models: expected {{"assistant": ..., "base": ...}}, got {args.pair_models}'
+        )
+    option_format = args.option_format or cfg.raw["data"]["aqua"]["option_format"]
+    return settings, pair, option_format
+
+
+def run(args: argparse.Namespace) -> int:
+    from softcot.models import load_model
+
+    projector_dataset = Config.projector_dataset(args.dataset)
+    if projector_dataset != args.dataset:
+        raise ConfigError(
+            f"dataset {args.dataset!r} has no training set; "
+            f"it is evaluated with the {projector_dataset} projector"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings, pair, option_format = _resolve(args)
+    n = settings["num_thought_tokens"]
+
+    data_path = Path(args.data) / args.dataset / "train.jsonl"
+    examples = read_prepared(data_path)
+    if (examples[0]["dataset"], examples[0]["split"]) != (args.dataset, "train"):
+        raise DataError(
+            f"{data_path}: holds {examples[0]['dataset']}/{examples[0]['split']}, not {args.dataset}/train"
+        )
+    if settings["limit"] is not None:
+        examples = examples[: settings["limit"]]
+    data_sha256 = sha256_file(data_path)
+
+    assistant = load_model(pair["assistant"], args.models_dir)
+    base = assistant if pair["base"] == pair["assistant"] else load_model(pair["base"], args.models_dir)
+    prompt_set = load_prompt_set(settings["prompt_set"])
+    data = encode_training_data(
+        examples,
+        PromptRenderer(prompt_set, base, option_format),
+        PromptRenderer(prompt_set, assistant, option_format),
+        n,
+        settings["drop_last_train_token"],
+        settings["max_length"],
+        str(data_path),
+    )
+    metadata = state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256)
+    states_path = (
+        Path(args.states) / pair["assistant"] / prompt_set.name / args.dataset / f"train-n{n}.safetensors"
+    )
+    states = load_or_compute_states(
+        states_path,
+        metadata,
+        lambda: compute_states(
+            assistant, data, range(len(data)), n, settings["batch_size"], f"assistant states {states_path}"
+        ),
+    )
+
+    out_dir = Path(args.out) / args.pair / args.dataset
+    record = {
+        "pair": args.pair,
+        "assistant": pair["assistant"],
+        "base": pair["base"],
+        "dataset": args.dataset,
+        "num_thought_tokens": n,
+        "examples": len(data),
+        "data_sha256": data_sha256,
+        "prompt_set": prompt_set.name,
+        "prompt_set_sha256": prompt_set.sha256,
+        "option_format": option_format,
+        "settings": settings,
+        "assistant_state_cache": metadata,
+        "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
+    }
+    record.update(train_projector(base, assistant, data, states, settings, out_dir, fingerprint=record))
+    write_json_atomic(out_dir / "projector.json", record)
+    print(
+        f"softcot train: wrote {out_dir}/projector.safetensors; loss {record['first_step_loss']:.4f} -> "
+        f"{record['last_step_loss']:.4f} over {record['steps']} steps"
+    )
+    return 0
