@@ -9,7 +9,23 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    split="|".join(SPLITS),
+    model=r"[a-z0-9][a-z0-9._-]*",
+    pair=r"[a-z0-9][a-z0-9._-]*",
+    method=r"[a-z0-9][a-z0-9._-]*",
+    table=r"[a-z0-9][a-z0-9_-]*",
+    seed=r"\d+",
+
+
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -136,7 +136,7 @@ class Config:
         return list(self.raw["tables"])
 
     def table(self, name: str) -> dict[str, Any]:
-        """The table layout with roles resolved to pair names; rows whose role the preset lacks are dropped."""
+        """The layout with roles resolved to pairs; rows whose role the preset lacks are dropped."""
         if name not in self.raw["tables"]:
             raise ConfigError(f"unknown table {name!r} (defined: {', '.join(self.raw['tables'])})")
         table = copy.deepcopy(self.raw["tables"][name])
@@ -157,8 +157,10 @@ class Config:
         return [Cell(row["pair"], ds, row["method"]) for row in table["rows"] for ds in table["datasets"]]
 
     def all_cells(self) -> list[Cell]:
-        return sorted({cell for name in self.table_names() for cell in self.table_cells(name)},
-                      key=lambda c: (c.pair, c.dataset, c.method))
+        return sorted(
+            {cell for name in self.table_names() for cell in self.table_cells(name)},
+            key=lambda c: (c.pair, c.dataset, c.method),
+        )
 
     @staticmethod
     def projector_dataset(dataset: str) -> str:

@@ -41,7 +41,8 @@ def test_invalid_value_is_reported_by_name(raw, override, named):
 
 def test_table_referring_to_unknown_method_is_rejected(raw):
     raw["tables"]["main_table"]["rows"][0]["method"] = "zero-shot"
-    with pytest.raises(ConfigError, match=r"tables\.main_table\.rows\[0\]\.method: unknown method 'zero-shot'"):
+    expected = r"tables\.main_table\.rows\[0\]\.method: unknown method 'zero-shot'"
+    with pytest.raises(ConfigError, match=expected):
         Config(raw)
 
 

@@ -2,8 +2,6 @@
 # `params.settings` holds only what changes a dataset's prepared files (softcot/data/datasets.yaml),
 # so editing e.g. data.asdiv_aug reruns ASDiv-Aug and nothing else. The mirror is no param: every
 # file it supplies is verified against its pinned hash, so it cannot change a result.
-from softcot.data.datasets import result_settings
-
 
 rule prepare_split:
     output:
@@ -12,7 +10,9 @@ rule prepare_split:
         # ASDiv-Aug's two splits come from one build (rule prepare_asdiv_aug).
         dataset="gsm8k|aqua|strategyqa|date",
     params:
-        settings=lambda wildcards: as_json(result_settings(CFG.raw["data"], wildcards.dataset)),
+        settings=data_settings,
+    conda:
+        "../envs/softcot.yaml"
     log:
         "logs/data/{dataset}/{split}.log",
     benchmark:
@@ -32,6 +32,8 @@ rule prepare_asdiv_aug:
         stats="data/prepared/asdiv-aug/stats.json",
     params:
         settings=as_json(result_settings(CFG.raw["data"], "asdiv-aug")),
+    conda:
+        "../envs/softcot.yaml"
     log:
         "logs/data/asdiv-aug/train+test.log",
     benchmark:

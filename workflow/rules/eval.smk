@@ -2,22 +2,6 @@
 # seeds of an example share generation batches.
 
 
-def prediction_files(pair, dataset, method):
-    return [f"results/predictions/{pair}/{dataset}/{method}/seed{seed}.jsonl" for seed in CFG.seeds]
-
-
-def eval_inputs(wildcards):
-    """Only what the method needs: CoT does not wait for the assistant or a projector."""
-    pair = CFG.pair(wildcards.pair)
-    kind = CFG.eval_settings(wildcards.method)["kind"]
-    inputs = {"test": prepared(wildcards.dataset, "test"), "base": model_dir(pair["base"])}
-    if kind in ("assist-cot", "softcot"):
-        inputs["assistant"] = model_dir(pair["assistant"])
-    if kind == "softcot":
-        inputs["projector"] = projector(wildcards.pair, CFG.projector_dataset(wildcards.dataset))
-    return inputs
-
-
 rule evaluate:
     input:
         unpack(eval_inputs),
@@ -31,8 +15,11 @@ rule evaluate:
         ],
     params:
         settings=lambda wildcards: as_json(CFG.eval_settings(wildcards.method)),
-        pair_models=lambda wildcards: as_json(CFG.pair(wildcards.pair)),
-        projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
+        pair_models=pair_models,
+        option_format=option_format,
+        projector=projector_argument,
+    conda:
+        "../envs/softcot.yaml"
     log:
         "logs/predictions/{pair}/{dataset}/{method}.log",
     benchmark:
@@ -44,6 +31,7 @@ rule evaluate:
         gpu=GPU_PER_JOB,
     shell:
         "softcot evaluate --pair {wildcards.pair} --dataset {wildcards.dataset} --method {wildcards.method}"
-        " --settings {params.settings:q} --pair-models {params.pair_models:q} --test {input.test}"
+        " --settings {params.settings:q} --pair-models {params.pair_models:q}"
+        " --option-format {params.option_format:q} --test {input.test}"
         " --models-dir results/models {params.projector} --threads {threads}"
         " --out-dir results/predictions/{wildcards.pair}/{wildcards.dataset}/{wildcards.method} 2> {log}"

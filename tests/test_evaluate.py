@@ -1,0 +1,214 @@
+"""The evaluation engine on tiny random models: method wiring, batching invariance, voting, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from softcot import evaluate as ev
+from softcot.config import Config
+from softcot.io import load_jsonl
+from softcot.prompts import PromptRenderer, load_prompt_set
+from softcot.thoughts import Projector
+from softcot.voting import vote
+
+N = 2  # thought tokens at evaluation in these tests
+
+
+def make_job(kind, tiny_base, tiny_assistant, examples, **overrides) -> ev.Job:
+    settings = Config.load().eval_settings({"cot": "cot", "cot-unk": "cot-unk"}.get(kind, kind))
+    settings.update(
+        seeds=[41, 42],
+        max_new_tokens=6,
+        batch_size=4,
+        num_thought_tokens=N,
+        assist_hard_tokens=3,
+        limit=None,
+    )
+    settings.update(overrides)
+    prompt_set = load_prompt_set("paper")
+    job = ev.Job(
+        "tiny",
+        "gsm8k",
+        kind,
+        settings,
+        examples,
+        tiny_base,
+        PromptRenderer(prompt_set, tiny_base, "{letter}){text}"),
+    )
+    if kind in ev.USES_ASSISTANT:
+        job.assistant = tiny_assistant
+        job.assistant_renderer = PromptRenderer(prompt_set, tiny_assistant, "{letter}){text}")
+    if kind == "softcot":
+        hidden_b, hidden_a = tiny_base.model.config.hidden_size, tiny_assistant.model.config.hidden_size
+        job.projector = Projector.seeded(hidden_a, hidden_b, seed=0)
+    return job
+
+
+def placeholder_count(ids: list[int], token_id: int) -> int:
+    return sum(token == token_id for token in ids)
+
+
+def test_cot_prompt_has_no_placeholders(tiny_base, tiny_assistant, gsm8k_examples):
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
+    marks = tiny_base.placeholder_ids
+    for ids in ev.base_prompts(job):
+        assert all(placeholder_count(ids, t) == 0 for t in (marks.unk, marks.bot, marks.eot))
+
+
+def test_cot_unk_prompt_has_exactly_n_placeholders_between_markers(tiny_base, tiny_assistant, gsm8k_examples):
+    job = make_job("cot-unk", tiny_base, tiny_assistant, gsm8k_examples)
+    marks = tiny_base.placeholder_ids
+    for ids in ev.base_prompts(job):
+        assert placeholder_count(ids, marks.unk) == N
+        start = ids.index(marks.bot)
+        assert ids[start : start + N + 2] == [marks.bot] + [marks.unk] * N + [marks.eot]
+
+
+def greedy_continuation(loaded, ids: list[int], n: int) -> list[int]:
+    """Independent greedy decoding: a full forward per step, no cache, no batching."""
+    out = []
+    for _ in range(n):
+        logits = loaded.model(torch.tensor([ids + out])).logits[0, -1]
+        token = int(logits.argmax())
+        if token in loaded.stop_ids:
+            break
+        out.append(token)
+    return out
+
+
+def test_assist_cot_inserts_the_assistants_greedy_text(tiny_base, tiny_assistant, gsm8k_examples):
+    job = make_job("assist-cot", tiny_base, tiny_assistant, gsm8k_examples[:3])
+    hints = ev.assistant_hints(job)
+    for example, hint in zip(job.examples, hints, strict=True):
+        ids = job.assistant_renderer.assistant_ids(example, 3)
+        prefix = ids[: ids.index(tiny_assistant.placeholder_ids.unk)]
+        expected = tiny_assistant.tokenizer.decode(
+            greedy_continuation(tiny_assistant, prefix, 3), skip_special_tokens=True
+        )
+        assert hint == expected.strip()
+    for ids, hint in zip(ev.base_prompts(job), hints, strict=True):
+        assert hint in tiny_base.tokenizer.decode(ids)
+        assert placeholder_count(ids, tiny_base.placeholder_ids.unk) == 0
+
+
+def test_softcot_splices_projected_assistant_states(tiny_base, tiny_assistant, gsm8k_examples, monkeypatch):
+    job = make_job("softcot", tiny_base, tiny_assistant, gsm8k_examples[:3], seeds=[41])
+    prompts = ev.base_prompts(job)
+    states = ev.thought_states(job)
+    captured = {}
+
+    def fake_generate(model, ids, mask, seeds, config, stop_ids, pad_id, inputs_embeds=None, progress=None):
+        captured.update(ids=ids, embeds=inputs_embeds)
+        return []
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    rows = [ev.Row(i, 41, 0) for i in range(3)]
+    ev.run_batch(job, rows, prompts, states, config=None)
+    ids, embeds = captured["ids"], captured["embeds"]
+    own = tiny_base.model.get_input_embeddings()(ids)
+    for row, example in enumerate(job.examples):
+        # Independent computation: one unpadded assistant forward per example.
+        a_ids = job.assistant_renderer.assistant_ids(example, N)
+        hidden = tiny_assistant.model(torch.tensor([a_ids]), output_hidden_states=True).hidden_states[-1][0]
+        a_start = a_ids.index(tiny_assistant.placeholder_ids.unk)
+        expected = job.projector(hidden[a_start : a_start + N])
+        slot = (ids[row] == tiny_base.placeholder_ids.unk).nonzero().flatten()
+        assert len(slot) == N
+        torch.testing.assert_close(embeds[row, slot], expected.to(embeds.dtype))
+        keep = torch.ones(ids.shape[1], dtype=torch.bool)
+        keep[slot] = False
+        assert torch.equal(embeds[row, keep], own[row, keep])
+
+
+@pytest.mark.parametrize("kind", ["cot", "softcot"])
+def test_predictions_do_not_depend_on_batch_size(kind, tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
+    outputs = []
+    for batch_size in (1, 5):
+        job = make_job(kind, tiny_base, tiny_assistant, gsm8k_examples, batch_size=batch_size)
+        ev.evaluate(job, tmp_path / str(batch_size))
+        outputs.append([load_jsonl(tmp_path / str(batch_size) / f"seed{s}.jsonl") for s in (41, 42)])
+    assert outputs[0] == outputs[1]
+    seed41, seed42 = outputs[0]
+    assert [r["output"] for r in seed41] != [r["output"] for r in seed42]
+
+
+def test_prediction_records_and_metrics(tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
+    ev.evaluate(job, tmp_path)
+    records = load_jsonl(tmp_path / "seed41.jsonl")
+    assert [r["id"] for r in records] == [e["id"] for e in gsm8k_examples]
+    keys = {
+        "id",
+        "dataset",
+        "pair",
+        "method",
+        "seed",
+        "output",
+        "prediction",
+        "gold",
+        "correct",
+        "generated_tokens",
+    }
+    assert all(set(r) == keys for r in records)
+    assert all(1 <= r["generated_tokens"] <= 6 for r in records)
+    metrics = json.loads((tmp_path / "seed41.metrics.json").read_text())
+    assert metrics["n"] == len(records)
+    assert metrics["accuracy"] == sum(r["correct"] for r in records) / len(records)
+    assert metrics["extraction_failures"] == sum(r["prediction"] is None for r in records)
+    assert metrics["extractor"] == job.settings["extractor"]
+    assert not (tmp_path / ev.PARTIAL_NAME).exists()
+
+
+def test_self_consistency_votes_over_samples(tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples[:3], samples=3, seeds=[41])
+    ev.evaluate(job, tmp_path)
+    for record in load_jsonl(tmp_path / "seed41.jsonl"):
+        assert len(record["samples"]) == len(record["outputs"]) == 3
+        assert record["prediction"] == vote(record["samples"], job.settings["vote"])
+
+
+def test_resume_after_a_crash_skips_done_batches_and_gives_the_same_files(
+    tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
+):
+    reference = tmp_path / "reference"
+    ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), reference)
+
+    crashed = tmp_path / "crashed"
+    real_run_batch, calls = ev.run_batch, []
+
+    def crash_on_third(job, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_batch(job, rows, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "run_batch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
+    assert not (crashed / "seed41.jsonl").exists()
+    assert len(load_jsonl(crashed / ev.PARTIAL_NAME)) == 1 + 2 * 4  # header + two batches of 4 rows
+
+    calls.clear()
+    monkeypatch.setattr(
+        ev,
+        "run_batch",
+        lambda job, rows, *a, **k: calls.append(len(rows)) or real_run_batch(job, rows, *a, **k),
+    )
+    ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
+    assert sum(calls) == 12 - 8  # only the rows not done before the crash
+    for seed in (41, 42):
+        assert (crashed / f"seed{seed}.jsonl").read_bytes() == (reference / f"seed{seed}.jsonl").read_bytes()
+
+
+def test_changed_settings_discard_the_partial_file(
+    tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
+):
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
+    prompts = ev.base_prompts(job)
+    (tmp_path / ev.PARTIAL_NAME).write_text(
+        '{"fingerprint": "old"}\n{"example": 0, "seed": 41, "sample": 0}\n'
+    )
+    assert ev.load_partial(tmp_path / ev.PARTIAL_NAME, ev.job_fingerprint(job, prompts)) == {}
