@@ -97,3 +97,14 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
 
     again = snakemake("reports/main_table.md", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_stages_call_their_table_target():
+    """Each stage's snakemake command names its table before the options: --rerun-triggers
+    takes several values and would swallow a target written after it."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(TABLES)
+    for name, stage in stages.items():
+        words = stage["cmd"].split()
+        assert words[:2] == ["snakemake", f"reports/{name}.md"], stage["cmd"]
+        assert "mtime" not in words
