@@ -427,6 +427,22 @@ def test_loading_an_unmaterialized_model_says_how_to_build_it(tmp_path):
         load_model("smollm2-135m-instruct", tmp_path)
 
 
+def test_gguf_files_are_parsed_once_while_converting(tmp_path, tiny_gguf, monkeypatch):
+    opened = []
+    original = gguf.GGUFReader
+
+    def counting_reader(path, mode="r"):
+        opened.append(Path(path).name)
+        return original(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    spec = tiny_spec(split_gguf_spec(tiny_gguf, tmp_path))
+    MATERIALIZE_MODULE.convert_gguf(tiny_gguf, spec, tmp_path / "out")
+
+    assert opened == [tiny_gguf.name]  # config, weights and tokenizer share one parse
+    assert gguf.GGUFReader is counting_reader  # the sharing ends with the conversion
+
+
 def test_cli_materializes_and_rejects_unknown_names(tmp_path, fake_hub, monkeypatch, capsys):
     monkeypatch.setattr(MATERIALIZE_MODULE, "get_spec", lambda name: tiny_spec(HUB_SOURCE, name=name))
     assert cli.main(["materialize", "tiny-a", "--models-dir", str(tmp_path)]) == 0

@@ -11,12 +11,13 @@ torch and transformers are imported inside the functions that need them: `softco
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,32 @@ def _say(message: str) -> None:
     print(f"softcot materialize: {message}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def one_gguf_parse() -> Iterator[None]:
+    """Let every GGUFReader opened inside share one parse per file.
+
+    transformers reads a GGUF file once for the config, once more inside the model load and once
+    for the tokenizer, and each read parses all metadata in Python: for Gemma's 262k vocabulary
+    strings about 18 s each. The reader is read-only (a memory map), so sharing it is safe.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: str | Path, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def convert_gguf(gguf_path: Path, spec: ModelSpec, dest: Path) -> None:
     """Dequantize a GGUF file into an HF model + tokenizer directory.
 
@@ -44,10 +71,10 @@ def convert_gguf(gguf_path: Path, spec: ModelSpec, dest: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = {"pretrained_model_name_or_path": gguf_path.parent, "gguf_file": gguf_path.name}
-    config = AutoConfig.from_pretrained(**where)
-    # Handing over a copy of the config spares a second parse of the GGUF metadata (for Gemma,
-    # 262k tokenizer strings: about 20 s); the copy is the one that gains the quantization entry.
-    dequantized = AutoModelForCausalLM.from_pretrained(**where, config=copy.deepcopy(config))
+    with one_gguf_parse():
+        config = AutoConfig.from_pretrained(**where)
+        dequantized = AutoModelForCausalLM.from_pretrained(**where)
+        tokenizer = AutoTokenizer.from_pretrained(**where)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype))
     try:
         model.load_state_dict(dequantized.state_dict(), strict=True)
@@ -57,7 +84,6 @@ def convert_gguf(gguf_path: Path, spec: ModelSpec, dest: Path) -> None:
         ) from exc
     del dequantized
     model.save_pretrained(dest)
-    tokenizer = AutoTokenizer.from_pretrained(**where)
     if not spec.chat_template:
         tokenizer.chat_template = None  # Gemma base stores an empty template: keep none at all
     tokenizer.save_pretrained(dest)
