@@ -7,6 +7,11 @@ uniform per step from its generator and turns it into a token by inverse-CDF sam
 output does not depend on which rows share its batch, on their padding or on their order.
 Everything else (penalty, temperature, top-k, top-p, the draw itself) is vectorized over rows.
 
+Logits are processed in float32, as HF does (it casts them before its logits processors), so a
+bf16 model's penalty and temperature act on the same numbers as in the reference. The repetition
+penalty counts the generated tokens only by default: the reference calls `generate` with
+`inputs_embeds` and no `input_ids`, so HF has no prompt ids to penalize (`penalty_scope`).
+
 HF `generate()` is not used: it has one RNG for the whole batch.
 """
 
@@ -22,6 +27,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from softcot.errors import ConfigError
 
+PENALTY_SCOPES = ("generated", "prompt_and_generated")
+
 
 def row_seed(seed: int, example_id: str, sample: int = 0) -> int:
     """A 63-bit seed for one row, stable across processes and Python versions (never `hash()`)."""
@@ -31,7 +38,12 @@ def row_seed(seed: int, example_id: str, sample: int = 0) -> int:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the next token is chosen. `top_k`/`repetition_penalty` None means "off"."""
+    """How the next token is chosen. `top_k`/`repetition_penalty` None means "off".
+
+    `penalty_scope` says which tokens the repetition penalty counts as seen: "generated" (the
+    reference's effective behaviour: HF sees no prompt ids when given `inputs_embeds` only) or
+    "prompt_and_generated" (HF's behaviour when given `input_ids`: the question's tokens too).
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -39,6 +51,7 @@ class SamplingConfig:
     repetition_penalty: float | None = None
     max_new_tokens: int = 1024
     greedy: bool = False  # debugging only: argmax, seeds ignored
+    penalty_scope: str = "generated"
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +63,10 @@ class SamplingConfig:
             problems.append(f"top_k must be >= 1 or null, got {self.top_k}")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             problems.append(f"repetition_penalty must be > 0 or null, got {self.repetition_penalty}")
+        if self.penalty_scope not in PENALTY_SCOPES:
+            problems.append(
+                f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, got {self.penalty_scope!r}"
+            )
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if problems:
@@ -72,6 +89,7 @@ class SamplingConfig:
             repetition_penalty=resolved("repetition_penalty"),
             max_new_tokens=int(settings["max_new_tokens"]),
             greedy=bool(settings.get("greedy", False)),
+            penalty_scope=str(settings["penalty_scope"]),
         )
 
 
@@ -163,7 +181,8 @@ def generate(
     """Decode every row of a left-padded batch with the model's KV cache.
 
     `inputs_embeds` [B, L, D], when given, replaces the prompt's embeddings in the first forward
-    pass (SoftCoT's spliced thoughts); `input_ids` still feed the repetition penalty. Rows that
+    pass (SoftCoT's spliced thoughts); `input_ids` still feed the repetition penalty when
+    `config.penalty_scope` is "prompt_and_generated" (padding excluded). Rows that
     emit a stop token leave the batch (their cache rows are dropped), so a long straggler does
     not make finished rows cost compute; decoding ends when every row is done.
     """
@@ -178,7 +197,11 @@ def generate(
     next_position = attention_mask.sum(dim=1)
     logits, cache = _prefill(model, input_ids, attention_mask, inputs_embeds, prompt_len + max_new)
     penalty = config.repetition_penalty if config.repetition_penalty not in (None, 1.0) else None
-    seen = _seen_tokens(input_ids, attention_mask, logits.shape[-1]) if penalty else None
+    seen = None
+    if penalty and config.penalty_scope == "prompt_and_generated":
+        seen = _seen_tokens(input_ids, attention_mask, logits.shape[-1])
+    elif penalty:
+        seen = torch.zeros((batch, logits.shape[-1]), dtype=torch.bool, device=logits.device)
 
     generated = torch.full((batch, max_new), pad_id, dtype=torch.long, device=device)
     num_tokens = torch.full((batch,), max_new, dtype=torch.long)
@@ -217,7 +240,7 @@ def generate(
             use_cache=True,
             logits_to_keep=1,
         )
-        logits, cache = out.logits[:, -1], out.past_key_values
+        logits, cache = out.logits[:, -1].float(), out.past_key_values
         next_position = next_position + 1
 
     rows, counts, stops = generated.cpu().tolist(), num_tokens.tolist(), stopped.tolist()
@@ -279,7 +302,7 @@ def _prefill(
     cache = out.past_key_values
     if not torch.equal(inverse, torch.arange(len(inverse), device=inverse.device)):
         cache.batch_select_indices(inverse)
-    return out.logits[inverse, -1], cache
+    return out.logits[inverse, -1].float(), cache
 
 
 def _distinct_rows(

@@ -35,6 +35,9 @@ CONFIGS = {
     "full-vocab": SAMPLING,
     "top-k-top-p": SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12),
     "penalty": SamplingConfig(top_k=30, repetition_penalty=1.3, max_new_tokens=12),
+    "penalty-prompt": SamplingConfig(
+        top_k=30, repetition_penalty=1.3, max_new_tokens=12, penalty_scope="prompt_and_generated"
+    ),
 }
 
 
@@ -99,16 +102,24 @@ def test_sampling_config_takes_model_defaults_only_for_null_settings():
         "repetition_penalty": None,
         "max_new_tokens": 64,
         "greedy": False,
+        "penalty_scope": "generated",
     }
     defaults = {"top_k": 20, "repetition_penalty": 1.05}
     config = SamplingConfig.from_settings(settings, defaults)
     assert (config.top_k, config.repetition_penalty, config.max_new_tokens) == (20, 1.05, 64)
+    assert config.penalty_scope == "generated"
 
     explicit = SamplingConfig.from_settings({**settings, "top_k": 50, "repetition_penalty": 1.2}, defaults)
     assert (explicit.top_k, explicit.repetition_penalty) == (50, 1.2)
 
     no_defaults = SamplingConfig.from_settings(settings, {})
     assert (no_defaults.top_k, no_defaults.repetition_penalty) == (None, None)
+
+    scoped = SamplingConfig.from_settings({**settings, "penalty_scope": "prompt_and_generated"}, defaults)
+    assert scoped.penalty_scope == "prompt_and_generated"
+    del settings["penalty_scope"]  # params.yaml always sets it: no silent default here
+    with pytest.raises(KeyError, match="penalty_scope"):
+        SamplingConfig.from_settings(settings, defaults)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +131,7 @@ def test_sampling_config_takes_model_defaults_only_for_null_settings():
         ("top_k", 0),
         ("repetition_penalty", 0.0),
         ("max_new_tokens", 0),
+        ("penalty_scope", "prompt"),
     ],
 )
 def test_sampling_config_rejects_invalid_values_naming_the_field(field, value):
@@ -177,8 +189,10 @@ def test_same_seed_repeats_and_different_seeds_differ(model):
 
 def test_repetition_penalty_ignores_padding(model):
     """Padding is not part of the prompt: with pad = the token the short row would pick first,
-    a padded row still samples what it samples alone."""
-    penalty = SamplingConfig(greedy=True, repetition_penalty=5.0, max_new_tokens=6)
+    a padded row still samples what it samples alone, even when the prompt is penalized."""
+    penalty = SamplingConfig(
+        greedy=True, repetition_penalty=5.0, max_new_tokens=6, penalty_scope="prompt_and_generated"
+    )
     pad_id = run(model, ["short"], [0], penalty)[0].token_ids[0]
     alone = run(model, ["short"], [0], penalty, pad_id=pad_id)[0]
     padded = run(model, ["long", "short"], [0, 0], penalty, pad_id=pad_id)[1]
@@ -329,14 +343,18 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
 
 
 def test_repetition_penalty_steers_generation_away_from_seen_tokens(model):
-    def greedy(penalty):
-        config = SamplingConfig(greedy=True, repetition_penalty=penalty, max_new_tokens=20)
-        return PROMPTS["medium"] + run(model, ["medium"], [0], config, stop_ids=())[0].token_ids
+    def greedy(penalty, scope="prompt_and_generated"):
+        config = SamplingConfig(
+            greedy=True, repetition_penalty=penalty, max_new_tokens=20, penalty_scope=scope
+        )
+        return run(model, ["medium"], [0], config, stop_ids=())[0].token_ids
 
-    plain = greedy(None)
+    plain = PROMPTS["medium"] + greedy(None)
     assert len(set(plain)) < len(plain)  # this random model repeats prompt or generated tokens
-    penalized = greedy(100.0)
+    penalized = PROMPTS["medium"] + greedy(100.0)
     assert len(set(penalized)) == len(penalized)
+    generated_only = greedy(100.0, "generated")  # the default scope: no repeats among new tokens
+    assert len(set(generated_only)) == len(generated_only)
 
 
 class _Counter:

@@ -18,7 +18,9 @@ def exact_sign_flip_p(differences: np.ndarray) -> float:
 
 
 # Seed-averaged differences over five seeds: repeated values, a zero, both signs.
-TINY = np.array([0.2, 0.2, 0.4, -0.2, 1.0, 0.0, 0.6, 0.2, -0.4, 0.8, 0.2, -0.6])
+TINY = np.array([0.2, 0.2, 0.4, -0.2, 1.0, 0.0, 0.6, 0.2, -0.4, 0.8, 0.2, -0.6])  # n = 11 non-zero
+# n = 16 non-zero: 65,536 sign patterns, more than the resample counts used with it (Monte Carlo).
+SMALL = np.concatenate([TINY, [0.4, -0.2, 0.6, 0.2, -0.8]])
 
 
 def test_mean_and_std_gives_sample_and_population_std():
@@ -38,17 +40,53 @@ def test_mean_and_std_of_one_seed_has_no_sample_std():
 @pytest.mark.parametrize(
     "differences", [TINY, TINY[:6] * -1, np.array([0.4, -0.2, 0.2, 0.0, -0.4, 0.6, 0.2])]
 )
-def test_sign_flip_agrees_with_exact_enumeration(differences):
+def test_sign_flip_is_exact_enumeration_when_two_to_the_n_fits_the_resamples(differences):
+    assert stats.sign_flip_exact(differences, resamples=40_000)
     exact = exact_sign_flip_p(differences)
-    estimate = stats.sign_flip_test(differences, resamples=40_000, seed=3)
+    assert stats.sign_flip_test(differences, resamples=40_000, seed=3) == pytest.approx(exact, abs=1e-12)
+    assert stats.sign_flip_test(differences, resamples=40_000, seed=4) == pytest.approx(exact, abs=1e-12)
+
+
+def test_exact_p_of_five_equal_differences_is_two_of_thirty_two():
+    # Only all-plus (the identity) and all-minus reach |sum| = 5: p = 2 / 2^5, two-sided.
+    ones = np.ones(5)
+    assert stats.sign_flip_test(ones, resamples=32) == 2 / 32 == 0.0625
+    assert stats.sign_flip_test(-ones) == 0.0625
+    # [1, 1, 1, 1, -1]: |sum| = 3 is reached by the 2 patterns with all five equal and by the 10
+    # with exactly one sign different from the rest: 12 of 32.
+    assert stats.sign_flip_test(np.array([1.0, 1, 1, 1, -1]), resamples=32) == 12 / 32
+
+
+def test_zero_differences_are_dropped_before_counting_n():
+    # Eight examples but only five non-zero: 2^5 = 32 patterns fit 32 resamples, 2^8 would not.
+    padded = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    assert stats.sign_flip_exact(padded, resamples=32)
+    assert stats.sign_flip_test(padded, resamples=32) == 0.0625
+    assert stats.sign_flip_exact(np.zeros(5), resamples=1)  # n = 0: the identity alone, p = 1
+    assert stats.sign_flip_test(np.zeros(5), resamples=1) == 1.0
+
+
+def test_monte_carlo_is_used_above_the_threshold():
+    ones = np.ones(5)
+    assert not stats.sign_flip_exact(ones, resamples=31)
+    p_values = {stats.sign_flip_test(ones, resamples=31, seed=seed) for seed in range(20)}
+    assert len(p_values) > 1  # depends on the seed, unlike the exact p
+    assert all(p * 32 == pytest.approx(round(p * 32)) for p in p_values)  # (b + 1) / (R + 1), R = 31
+
+
+def test_sign_flip_monte_carlo_agrees_with_exact_enumeration():
+    assert not stats.sign_flip_exact(SMALL, resamples=40_000)
+    exact = exact_sign_flip_p(SMALL)
+    estimate = stats.sign_flip_test(SMALL, resamples=40_000, seed=3)
+    assert estimate != exact
     # Monte Carlo standard error is at most 0.0025 at 40,000 resamples.
     assert estimate == pytest.approx(exact, abs=0.012)
 
 
 def test_sign_flip_chunks_count_every_resample(monkeypatch):
     monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 7)  # many small chunks and a remainder
-    exact = exact_sign_flip_p(TINY)
-    assert stats.sign_flip_test(TINY, resamples=20_003) == pytest.approx(exact, abs=0.015)
+    exact = exact_sign_flip_p(SMALL)
+    assert stats.sign_flip_test(SMALL, resamples=20_003) == pytest.approx(exact, abs=0.015)
     assert stats.sign_flip_test(np.zeros(5), resamples=1_001) == 1.0  # every resample ties the observed 0
     assert stats.sign_flip_test(np.ones(40), resamples=1_001) == 1 / 1_002  # none reaches it
 
@@ -56,8 +94,9 @@ def test_sign_flip_chunks_count_every_resample(monkeypatch):
 def test_sign_flip_default_uses_ten_thousand_resamples():
     planted = np.ones(60)  # |sum| = 60 is reached only by the identity pattern (chance 2^-59)
     assert stats.sign_flip_test(planted) == 1 / 10_001
-    p = stats.sign_flip_test(TINY)
+    p = stats.sign_flip_test(SMALL)
     assert p * 10_001 == pytest.approx(round(p * 10_001))  # p = (b + 1) / (R + 1) with R = 10,000
+    assert stats.sign_flip_exact(TINY) and not stats.sign_flip_exact(SMALL)  # 2^11 <= 10,000 < 2^16
 
 
 def _paired_rows(rng, effect: float, n: int = 300, seeds: int = 5) -> np.ndarray:
@@ -129,3 +168,5 @@ def test_holm_caps_at_one_and_keeps_ties():
 def test_resamples_must_be_positive():
     with pytest.raises(ValueError, match="resamples"):
         stats.sign_flip_test(TINY, resamples=0)
+    with pytest.raises(ValueError, match="resamples"):
+        stats.sign_flip_test(np.zeros(3), resamples=0)
