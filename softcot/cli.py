@@ -16,6 +16,7 @@ from softcot.errors import SoftCoTError
 COMMANDS = {
     "prepare": ("softcot.data.prepare", "prepare one dataset split into the common schema"),
     "materialize": ("softcot.models.materialize", "turn a model spec into a local Hugging Face directory"),
+    "verify": ("softcot.models.verify", "check materialized model directories against their manifests"),
     "train": ("softcot.train", "train the soft-thought projection of a model pair on a dataset"),
     "evaluate": ("softcot.evaluate", "evaluate a method of a model pair on a dataset for every seed"),
     "table": ("softcot.report", "build a significance-tested table from prediction files"),

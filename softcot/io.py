@@ -67,12 +67,22 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-empty line; a bad line is a DataError naming file and line."""
+    """Yield (line number, object) for each non-empty line; a bad line is a DataError naming file and line.
+
+    Lines are decoded one by one, so bytes that are not UTF-8 are reported with their line too.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset "
+                    f"{exc.start} of the line); the file is corrupt or was saved in another encoding"
+                ) from exc
             if not line.strip():
                 continue
             try:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -25,6 +26,7 @@ from softcot.errors import ModelError
 from softcot.io import atomic_path
 
 MASTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
 
 
 class Projector(nn.Linear):
@@ -59,19 +61,57 @@ def save_projector(path: str | Path, projector: Projector) -> None:
         save_file(tensors, str(tmp))
 
 
+def _unreadable(path: Path, exc: Exception) -> ModelError:
+    return ModelError(
+        f"{path}: not a readable projector checkpoint ({exc}); the file is corrupt or truncated: "
+        "delete it and train again (softcot train, or rerun snakemake)"
+    )
+
+
+def check_projector_file(
+    path: str | Path, assistant_dim: int | None = None, base_dim: int | None = None
+) -> tuple[int, int]:
+    """Check a projector checkpoint from its header alone (no tensor is read); return its
+    (assistant_dim, base_dim). Cheap enough to call before loading any model.
+
+    Anything but a complete safetensors file holding a float `weight` [H_b, H_a] and `bias` [H_b]
+    (of the given dimensions, when given) is a ModelError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: projector checkpoint not found (train it first: softcot train)")
+    try:
+        with safe_open(str(path), framework="pt") as f:  # checks the header covers the whole file
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            shapes = {name: s.get_shape() for name, s in slices.items()}
+            dtypes = {name: s.get_dtype() for name, s in slices.items()}
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+    if set(shapes) != {"weight", "bias"}:
+        raise ModelError(f"{path}: expected exactly the tensors ['bias', 'weight'], found {sorted(shapes)}")
+    weight, bias = shapes["weight"], shapes["bias"]
+    if len(weight) != 2 or bias != [weight[0]]:
+        raise ModelError(f"{path}: weight {weight} and bias {bias} do not form a Linear")
+    if any(dtype not in FLOAT_DTYPES for dtype in dtypes.values()):
+        raise ModelError(f"{path}: expected floating-point tensors, found {dtypes}")
+    expected = [base_dim or weight[0], assistant_dim or weight[1]]
+    if weight != expected:
+        raise ModelError(
+            f"{path}: weight {weight} does not map the assistant's hidden size {expected[1]} "
+            f"to the base's {expected[0]}; it was trained for another pair"
+        )
+    return weight[1], weight[0]
+
+
 def load_projector(path: str | Path, device: torch.device | str | None = None) -> Projector:
     """Read a checkpoint written by `save_projector`; anything else is a ModelError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: projector checkpoint not found (train it first: softcot train)")
-    tensors = load_file(str(path))
-    if set(tensors) != {"weight", "bias"}:
-        raise ModelError(f"{path}: expected exactly the tensors ['bias', 'weight'], found {sorted(tensors)}")
-    weight, bias = tensors["weight"], tensors["bias"]
-    if weight.dim() != 2 or bias.shape != (weight.shape[0],):
-        raise ModelError(
-            f"{path}: weight {list(weight.shape)} and bias {list(bias.shape)} do not form a Linear"
-        )
+    check_projector_file(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+    weight = tensors["weight"]
     projector = Projector(weight.shape[1], weight.shape[0], dtype=weight.dtype)
     projector.load_state_dict(tensors)
     return projector.to(device) if device is not None else projector
