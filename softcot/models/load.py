@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from softcot.errors import ModelError
-from softcot.models.manifest import MANIFEST_NAME, read_manifest
+from softcot.models.manifest import MANIFEST_NAME, file_problems, read_manifest, repair_hint
 from softcot.models.registry import ModelSpec, get_spec
 
 
@@ -80,32 +80,56 @@ def default_device() -> str:
 
 
 def load_materialized(spec: ModelSpec, models_dir: str | Path, device: str | None = None) -> LoadedModel:
-    """Load `models_dir/<spec.name>`, which must have been materialized from this very spec."""
+    """Load `models_dir/<spec.name>`, which must be a complete build of this very spec.
+
+    Every file its manifest lists must be there with its recorded size (a stat each; sha256 is
+    `softcot verify --hashes`), so a deleted or truncated file is named before any weight loads.
+    """
     path = Path(models_dir) / spec.name
     manifest = read_manifest(path)
     if manifest is None:
         raise ModelError(
-            f"{path}: model {spec.name!r} is not materialized; run `softcot materialize {spec.name}`"
+            f"{path}: model {spec.name!r} is not materialized; "
+            f"run `softcot materialize {spec.name} --models-dir {models_dir}`"
         )
     if manifest.get("spec") != spec.to_dict():
         raise ModelError(
             f"{path / MANIFEST_NAME}: built from another spec of {spec.name!r} than the registry's; "
-            f"run `softcot materialize {spec.name}` again"
+            f"run `softcot materialize {spec.name} --models-dir {models_dir}` again"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    tokenizer.pad_token = spec.generation.pad_token
-    placeholder_ids, stop_ids, pad_id = resolve_token_ids(tokenizer, spec)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, spec.dtype), device_map=device or default_device()
-    )
+    problems = file_problems(path, manifest)
+    if problems:
+        raise ModelError(
+            f"{'; '.join(problems)}: the materialized model {spec.name!r} is incomplete; "
+            f"{repair_hint(spec.name, models_dir)}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        tokenizer.pad_token = spec.generation.pad_token
+        placeholder_ids, stop_ids, pad_id = resolve_token_ids(tokenizer, spec)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, spec.dtype), device_map=device or default_device()
+        )
+    except (ModelError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # a file of the right size but corrupt: tokenizers raises a bare Exception
+        raise ModelError(
+            f"{path}: cannot load model {spec.name!r} ({type(exc).__name__}: {exc}); find the damaged "
+            f"file with `softcot verify {spec.name} --models-dir {models_dir} --hashes --invalidate`, "
+            f"then {repair_hint(spec.name, models_dir)}"
+        ) from exc
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, spec, placeholder_ids, stop_ids, pad_id)
 
 
 def load_model(
-    name: str, models_dir: str | Path = "results/models", device: str | None = None
+    name: str,
+    models_dir: str | Path = "results/models",
+    device: str | None = None,
+    local_paths: dict[str, str] | None = None,
 ) -> LoadedModel:
-    """Load a registered, materialized model (frozen, eval mode) with its tokenizer and token ids."""
-    return load_materialized(get_spec(name), models_dir, device)
+    """Load a registered, materialized model (frozen, eval mode) with its tokenizer and token ids.
+    `local_paths` must be the one it was materialized with (registry.get_spec)."""
+    return load_materialized(get_spec(name, local_paths), models_dir, device)

