@@ -12,8 +12,8 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    split="|".join(SPLITS),
+    dataset=one_of(DATASETS),
+    split=one_of(SPLITS),
     model=r"[a-z0-9][a-z0-9._-]*",
     pair=r"[a-z0-9][a-z0-9._-]*",
     method=r"[a-z0-9][a-z0-9._-]*",

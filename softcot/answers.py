@@ -1,13 +1,13 @@
 """Answer extraction and comparison: from a model's raw text to a prediction scored against the gold.
 
 Two extractors live side by side because the paper's numbers were produced by a buggy one:
-- `reference` reproduces the paper's scripts exactly, defects included (protocol.md §9, §14 rows 13-15),
+- `reference` reproduces the paper's scripts exactly, defects included (docs/protocol.md §9, §14 rows 13-15),
   so our accuracies stay comparable with the published ones;
 - `robust` (the default) reads the explicit final answer first (`\\boxed{}`, "the answer is ...") and
   only then falls back to stray tokens; it accepts signs, decimals, separators and simple fractions,
   reads option letters only as option letters and yes/no only as answers.
 
-Predictions come out normalized like the prepared gold `answer` (design.md §4): a canonical decimal
+Predictions come out normalized like the prepared gold `answer` (docs/design.md §4): a canonical decimal
 string ("18", "-2", "7.5"), a letter "A".."F", or "yes"/"no"; None when nothing is found.
 """
 
@@ -19,32 +19,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from softcot.data.datasets import dataset_names, dataset_spec
 from softcot.errors import ConfigError, DataError
 from softcot.numbers import normalize_number, number_value
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """How a task's answers look: its family and, for multiple choice, the letters it offers."""
+    """How a dataset's answers look (from the dataset catalog): its answer type and, for
+    multiple choice, the letters it offers."""
 
-    family: str  # "math" | "choice" | "yesno"
+    answer: str  # number | letter | yes_no
     letters: str = ""
 
 
-TASKS: dict[str, TaskSpec] = {
-    "gsm8k": TaskSpec("math"),
-    "asdiv-aug": TaskSpec("math"),
-    "aqua": TaskSpec("choice", "ABCDE"),
-    "date": TaskSpec("choice", "ABCDEF"),
-    "strategyqa": TaskSpec("yesno"),
-}
 MODES = ("robust", "reference")
 
 
 def _task_spec(task: str) -> TaskSpec:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}: answers are defined for {', '.join(TASKS)}")
-    return TASKS[task]
+    if task not in dataset_names():
+        raise ConfigError(f"unknown task {task!r}: answers are defined for {', '.join(dataset_names())}")
+    spec = dataset_spec(task)
+    return TaskSpec(spec.answer, spec.letters)
 
 
 def _check_mode(mode: str) -> None:
@@ -58,7 +54,7 @@ def _canonical(value: Decimal) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reference extractor: the paper's regexes (quoted in protocol.md §9), defects kept on purpose.
+# Reference extractor: the paper's regexes (quoted in docs/protocol.md §9), defects kept on purpose.
 
 _REFERENCE_NUMBER = re.compile(r"\s*([\d,]+(?:\.\d+)?)\s*")
 _REFERENCE_LETTER = re.compile(r"\b[a-f]\b")
@@ -271,12 +267,12 @@ def _robust_yesno(text: str, spec: TaskSpec) -> str | None:
 
 
 _EXTRACTORS: dict[tuple[str, str], Callable[[str, TaskSpec], str | None]] = {
-    ("math", "reference"): _reference_math,
-    ("choice", "reference"): _reference_choice,
-    ("yesno", "reference"): _reference_yesno,
-    ("math", "robust"): _robust_math,
-    ("choice", "robust"): _robust_choice,
-    ("yesno", "robust"): _robust_yesno,
+    ("number", "reference"): _reference_math,
+    ("letter", "reference"): _reference_choice,
+    ("yes_no", "reference"): _reference_yesno,
+    ("number", "robust"): _robust_math,
+    ("letter", "robust"): _robust_choice,
+    ("yes_no", "robust"): _robust_yesno,
 }
 
 
@@ -284,7 +280,7 @@ def extract_answer(task: str, text: str, mode: str = "robust") -> str | None:
     """The prediction in `text`, normalized like the task's gold answer; None when there is none."""
     spec = _task_spec(task)
     _check_mode(mode)
-    return _EXTRACTORS[spec.family, mode](text, spec)
+    return _EXTRACTORS[spec.answer, mode](text, spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,14 +288,14 @@ def extract_answer(task: str, text: str, mode: str = "robust") -> str | None:
 
 
 def _check_gold(task: str, spec: TaskSpec, gold: str) -> None:
-    if spec.family == "math":
+    if spec.answer == "number":
         try:
             number_value(gold)
         except ValueError as error:
             raise DataError(f"{task}: gold answer {gold!r} is not a number ({error})") from error
-    elif spec.family == "choice" and gold not in set(spec.letters):
+    elif spec.answer == "letter" and gold not in set(spec.letters):
         raise DataError(f"{task}: gold answer {gold!r} is not one of the letters {', '.join(spec.letters)}")
-    elif spec.family == "yesno" and gold not in ("yes", "no"):
+    elif spec.answer == "yes_no" and gold not in ("yes", "no"):
         raise DataError(f"{task}: gold answer {gold!r} is not 'yes' or 'no'")
 
 
@@ -322,6 +318,6 @@ def is_correct(task: str, prediction: str | None, gold: str, mode: str = "robust
     _check_gold(task, spec, gold)
     if prediction is None:
         return False
-    if spec.family == "math":
+    if spec.answer == "number":
         return _same_number(prediction, gold, mode)
     return prediction == gold

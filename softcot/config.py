@@ -1,12 +1,13 @@
-"""params.yaml: validation, preset resolution, and the questions every step asks of it.
+"""params.yaml: validation and preset resolution.
 
-Snakemake, the CLI and the table builder all read the configuration through `Config`, so a
-value means the same thing everywhere and a typo is caught once, before any job runs.
+Only the resolver (softcot.plan) reads the configuration, through `Config`, so a value means the
+same thing everywhere and a typo is caught once, before any job runs.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from softcot.data.datasets import dataset_names
 from softcot.errors import ConfigError
 
-DATASETS = ("gsm8k", "asdiv-aug", "aqua", "strategyqa", "date")
-# Date Understanding has no training set; the paper evaluates it with the GSM8K projector (issue #10).
-PROJECTOR_DATASET = {"date": "gsm8k"}
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 
 
@@ -47,17 +46,89 @@ def validate(raw: dict, schema_path: Path = SCHEMA_PATH) -> None:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("params.yaml is invalid:\n" + "\n".join(lines))
 
+    problems = _cross_references(raw)
+    if problems:
+        raise ConfigError("params.yaml is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _format_problem(key: str, value: str) -> str | None:
+    """An option format may name only {letter} and {text}, and must name both."""
+    fields = set(re.findall(r"\{(\w*)\}", value))
+    if fields != {"letter", "text"}:
+        return (
+            f"{key}: {value!r} must use exactly the fields {{letter}} and {{text}} (found {sorted(fields)})"
+        )
+    return None
+
+
+def _prompt_set_choices(raw: dict) -> list[tuple[str, str]]:
+    """(key path, value) of every prompt_set the file sets."""
+    found = [(f"{key}.prompt_set", raw[key]["prompt_set"]) for key in ("train", "eval")]
+    for name, preset in raw["presets"].items():
+        for key in ("train", "eval"):
+            if "prompt_set" in preset.get(key, {}):
+                found.append((f"presets.{name}.{key}.prompt_set", preset[key]["prompt_set"]))
+    found += [
+        (f"methods.{name}.prompt_set", method["prompt_set"])
+        for name, method in raw["methods"].items()
+        if "prompt_set" in method
+    ]
+    return found
+
+
+def _cross_references(raw: dict) -> list[str]:
+    """What a schema cannot express: names that must exist elsewhere, and per-method limits."""
+    from softcot.methods import method_class, method_kinds
+    from softcot.prompts.sets import prompt_set_names
+
     problems = []
+    datasets, prompt_sets, kinds = dataset_names(), prompt_set_names(), method_kinds()
     if raw["preset"] not in raw["presets"]:
         problems.append(f"preset: unknown preset {raw['preset']!r} (defined: {', '.join(raw['presets'])})")
     for name, preset in raw["presets"].items():
         for role, pair in preset["roles"].items():
             if pair not in preset["pairs"]:
                 problems.append(f"presets.{name}.roles.{role}: pair {pair!r} is not in presets.{name}.pairs")
+    for key, value in _prompt_set_choices(raw):
+        if value not in prompt_sets:
+            problems.append(f"{key}: unknown prompt set {value!r} (available: {', '.join(prompt_sets)})")
+    from softcot.models.registry import model_names
+
+    for name in raw["models"]["local_paths"]:
+        if name not in model_names():
+            problems.append(f"models.local_paths.{name}: not a registered model ({', '.join(model_names())})")
+    problem = _format_problem("data.aqua.option_format", raw["data"]["aqua"]["option_format"])
+    if problem:
+        problems.append(problem)
     for name, method in raw["methods"].items():
         if "seeds" in method:
             problems.append(f"methods.{name}.seeds: seeds are shared by all methods; set eval.seeds")
+        if method["kind"] not in kinds:
+            problems.append(
+                f"methods.{name}.kind: unknown kind {method['kind']!r} (known: {', '.join(kinds)})"
+            )
+            continue
+        if "num_thought_tokens" in method_class(method["kind"]).eval_keys():
+            for preset_name, preset in raw["presets"].items():
+                merged = deep_merge(deep_merge(raw["eval"], preset.get("eval", {})), method)
+                if merged["num_thought_tokens"] < 1:
+                    problems.append(
+                        f"methods.{name}.num_thought_tokens: method kind {method['kind']!r} needs at least 1 "
+                        f"thought token, got {merged['num_thought_tokens']} under preset {preset_name!r}"
+                    )
+    all_roles = {role for preset in raw["presets"].values() for role in preset["roles"]}
     for name, table in raw["tables"].items():
+        for dataset in table["datasets"]:
+            if dataset not in datasets:
+                problems.append(
+                    f"tables.{name}.datasets: unknown dataset {dataset!r} (known: {', '.join(datasets)})"
+                )
+        for i, row in enumerate(table["rows"]):
+            if row["pair"] not in all_roles:
+                problems.append(
+                    f"tables.{name}.rows[{i}].pair: role {row['pair']!r} is defined by no preset "
+                    f"(roles: {', '.join(sorted(all_roles))})"
+                )
         keys = [row["key"] for row in table["rows"]]
         if len(set(keys)) != len(keys):
             problems.append(f"tables.{name}.rows: row keys must be unique, got {keys}")
@@ -66,8 +137,7 @@ def validate(raw: dict, schema_path: Path = SCHEMA_PATH) -> None:
         for i, row in enumerate(table["rows"]):
             if row["method"] not in raw["methods"]:
                 problems.append(f"tables.{name}.rows[{i}].method: unknown method {row['method']!r}")
-    if problems:
-        raise ConfigError("params.yaml is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -161,8 +231,3 @@ class Config:
             {cell for name in self.table_names() for cell in self.table_cells(name)},
             key=lambda c: (c.pair, c.dataset, c.method),
         )
-
-    @staticmethod
-    def projector_dataset(dataset: str) -> str:
-        """The dataset whose projector evaluates `dataset`."""
-        return PROJECTOR_DATASET.get(dataset, dataset)

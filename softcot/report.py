@@ -1,9 +1,9 @@
 """`softcot table`: turn prediction files into a significance-tested table (md, csv, json, png).
 
 A table spec is the params.yaml layout with roles resolved, each row's seeds and the preset
-name (`table_spec`). Snakemake passes it as --settings so a --config override reaches the
-builder; by hand it is derived from --params. Any directory of prediction files laid out as
-{pair}/{dataset}/{method}/seed{seed}.jsonl can be tabulated.
+name (softcot.plan's `table_spec`). Snakemake passes it as --settings so a --config override
+reaches the builder; by hand it is resolved from --params. Any directory of prediction files laid
+out as {pair}/{dataset}/{method}/seed{seed}.jsonl can be tabulated.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from softcot import stats
-from softcot.config import Config
 from softcot.errors import ConfigError, DataError
 from softcot.io import atomic_path, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from softcot.plan import Plan, parse_settings
 
 ALPHA = 0.05
 SIGNIFICANT_MARK = "†"
@@ -32,18 +32,6 @@ ROW_KEYS = ("key", "label", "pair", "method", "seeds")
 
 
 # --- spec and paths ---------------------------------------------------------------------
-def table_spec(config: Config, name: str) -> dict[str, Any]:
-    """The resolved layout of table `name` with each row's evaluation seeds and the preset name."""
-    layout = config.table(name)
-    rows = [dict(row, seeds=list(config.eval_settings(row["method"])["seeds"])) for row in layout["rows"]]
-    return dict(layout, rows=rows, preset=config.preset_name)
-
-
-def has_plot(spec: dict[str, Any]) -> bool:
-    """A table gets a PNG when some of its rows sit at a position `x` (e.g. thought-token count)."""
-    return any("x" in row for row in spec["rows"])
-
-
 def prediction_path(root: str | Path, pair: str, dataset: str, method: str, seed: int) -> Path:
     return Path(root) / pair / dataset / method / f"seed{seed}.jsonl"
 
@@ -311,7 +299,8 @@ def render_markdown(table: Table) -> str:
         "Test: two-sided paired sign-flip permutation test on per-example correctness averaged over the "
         f"seeds, examples paired by id, {table.resamples:,} resamples from numpy "
         f"default_rng({stats.DEFAULT_SEED}), "
-        "p = (b+1)/(R+1). Correction: Holm–Bonferroni over all "
+        "p = (b+1)/(R+1); exact instead (the share of all 2^n sign flips of the n non-zero "
+        "differences, identity included) where n ≤ log2(resamples). Correction: Holm–Bonferroni over all "
         f"{len(table.comparisons)} comparisons of this table. CI: percentile bootstrap of the mean "
         f"difference, {table.resamples:,} resamples.",
         f"Seeds: {_fmt_seeds(table)}.",
@@ -404,29 +393,18 @@ def metrics(table: Table) -> dict[str, dict[str, float]]:
 
 
 def write_plot(path: Path, table: Table) -> None:
-    """Accuracy against each row's x with std error bars; the baseline as a dashed horizontal line."""
+    """Tables whose rows sit at a position `x` (e.g. the thought-token count) plot accuracy against
+    x with the baseline dashed; the others plot one bar group per dataset. Error bars: sample std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    positioned = sorted((row for row in table.spec["rows"] if "x" in row), key=lambda row: row["x"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for ds in table.spec["datasets"]:
-        summaries = [stats.mean_and_std(table.cells[row["key"], ds].accuracies) for row in positioned]
-        line = ax.errorbar(
-            [row["x"] for row in positioned],
-            [mean for mean, _, _ in summaries],
-            yerr=[0.0 if np.isnan(std) else std for _, std, _ in summaries],
-            marker="o",
-            capsize=3,
-            label=ds,
-        )
-        baseline = table.cells[table.spec["baseline"], ds].accuracies.mean()
-        ax.axhline(
-            baseline, linestyle="--", color=line[0].get_color(), label=f"{ds}: {table.baseline_row['label']}"
-        )
-    ax.set_xlabel(table.spec.get("plot", {}).get("x_label", "x"))
+    if any("x" in row for row in table.spec["rows"]):
+        _plot_against_x(ax, table)
+    else:
+        _plot_bars(ax, table)
     ax.set_ylabel("accuracy (%), mean ± sample std over seeds")
     ax.set_title(table.spec["title"], fontsize=9)
     ax.legend(fontsize=8)
@@ -436,17 +414,53 @@ def write_plot(path: Path, table: Table) -> None:
     plt.close(fig)
 
 
-def write_reports(table: Table, out_dir: str | Path) -> list[Path]:
-    """Write {name}.md, .csv, .json (and .png for tables with x rows); return their paths."""
-    stem = Path(out_dir) / table.name
-    paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".json")]
-    write_text_atomic(paths[0], render_markdown(table))
-    write_csv(paths[1], csv_rows(table))
-    write_json_atomic(paths[2], metrics(table))
-    if has_plot(table.spec):
-        paths.append(stem.with_suffix(".png"))
-        write_plot(paths[3], table)
-    return paths
+def _summary(table: Table, row_key: str, dataset: str) -> tuple[float, float]:
+    mean, std, _ = stats.mean_and_std(table.cells[row_key, dataset].accuracies)
+    return mean, 0.0 if np.isnan(std) else std
+
+
+def _plot_against_x(ax: Any, table: Table) -> None:
+    positioned = sorted((row for row in table.spec["rows"] if "x" in row), key=lambda row: row["x"])
+    for ds in table.spec["datasets"]:
+        summaries = [_summary(table, row["key"], ds) for row in positioned]
+        line = ax.errorbar(
+            [row["x"] for row in positioned],
+            [mean for mean, _ in summaries],
+            yerr=[std for _, std in summaries],
+            marker="o",
+            capsize=3,
+            label=ds,
+        )
+        baseline = table.cells[table.spec["baseline"], ds].accuracies.mean()
+        ax.axhline(
+            baseline, linestyle="--", color=line[0].get_color(), label=f"{ds}: {table.baseline_row['label']}"
+        )
+    ax.set_xlabel(table.spec.get("plot", {}).get("x_label", "x"))
+
+
+def _plot_bars(ax: Any, table: Table) -> None:
+    datasets, rows = table.spec["datasets"], table.spec["rows"]
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        summaries = [_summary(table, row["key"], ds) for ds in datasets]
+        ax.bar(
+            [d + (i - (len(rows) - 1) / 2) * width for d in range(len(datasets))],
+            [mean for mean, _ in summaries],
+            width,
+            yerr=[std for _, std in summaries],
+            capsize=2,
+            label=row["label"],
+        )
+    ax.set_xticks(range(len(datasets)), datasets)
+
+
+def write_reports(table: Table, outputs: dict[str, Path]) -> list[Path]:
+    """Write the md, csv, json and png named in `outputs`; return their paths."""
+    write_text_atomic(outputs["md"], render_markdown(table))
+    write_csv(outputs["csv"], csv_rows(table))
+    write_json_atomic(outputs["json"], metrics(table))
+    write_plot(outputs["png"], table)
+    return [outputs[suffix] for suffix in ("md", "csv", "json", "png")]
 
 
 # --- command line -----------------------------------------------------------------------
@@ -458,7 +472,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", help="the table spec as JSON (Snakemake passes it); overrides --params")
     parser.add_argument("--predictions", default="results/predictions", help="root of the prediction files")
     parser.add_argument("--prepared", default="data/prepared", help="root of the prepared datasets")
-    parser.add_argument("--out-dir", default="reports", help="where {table}.md/.csv/.json/.png go")
+    for suffix in ("md", "csv", "json", "png"):
+        parser.add_argument(f"--{suffix}", required=True, type=Path, help=f"the {suffix} report to write")
     parser.add_argument(
         "--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="permutation and bootstrap resamples"
     )
@@ -468,14 +483,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resamples < 1:
         raise ConfigError(f"--resamples must be at least 1, got {args.resamples}")
     if args.settings is None:
-        spec = table_spec(Config.load(args.params), args.table)
+        spec = Plan.load(args.params).table_spec(args.table)
     else:
-        try:
-            spec = json.loads(args.settings)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--settings: not valid JSON ({exc.msg})") from exc
+        spec = parse_settings(args.settings)
         check_spec(spec, "--settings")
     table = build_table(args.table, spec, args.predictions, args.prepared, args.resamples)
-    for path in write_reports(table, args.out_dir):
+    outputs = {suffix: getattr(args, suffix) for suffix in ("md", "csv", "json", "png")}
+    for path in write_reports(table, outputs):
         print(path)
     return 0

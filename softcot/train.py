@@ -1,4 +1,7 @@
-"""`softcot train`: fit the soft-thought projection of a model pair on one dataset's training split.
+"""`softcot train`: the training driver, and the soft-thought projection training SoftCoT uses.
+
+The driver resolves a train step and hands it to the method that owns the artefact
+(softcot.methods). SoftCoT's training fits the projection on one dataset's training split.
 
 Both models stay frozen; the only trainable tensors are the projector's `weight` and `bias`
 (protocol §7). Three things keep this cheap without changing the result:
@@ -15,6 +18,7 @@ A run writes its state after every epoch (resume.pt) and continues from there af
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -28,14 +32,17 @@ import torch
 import torch.nn.functional as F
 import transformers
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from softcot.config import SCHEMA_PATH, Config
+from softcot.config import SCHEMA_PATH
+from softcot.data.datasets import dataset_spec
 from softcot.data.schema import read_prepared
 from softcot.errors import ConfigError, DataError
 from softcot.io import atomic_path, sha256_file, write_json_atomic
+from softcot.methods import method_class
+from softcot.plan import Plan, parse_settings
 from softcot.prompts import (
     PromptRenderer,
     TrainingSequence,
@@ -140,12 +147,19 @@ def state_cache_metadata(
 def load_or_compute_states(
     path: Path, metadata: dict[str, str], compute: Callable[[], torch.Tensor]
 ) -> torch.Tensor:
-    """States from the cache file when its metadata matches, else computed and written there."""
+    """States from the cache file when its metadata matches, else computed and written there.
+
+    An unreadable cache (truncated, garbage) is stale too: a warning names it, and it is replaced.
+    """
     if path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            if f.metadata() == metadata:
-                return f.get_tensor("states")
-        print(f"softcot train: {path} was built from other inputs; recomputing it")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if f.metadata() == metadata:
+                    return f.get_tensor("states")
+            print(f"softcot train: {path} was built from other inputs; recomputing it")
+        except (SafetensorError, OSError) as exc:
+            print(f"softcot train: warning: {path} is unreadable ({exc}); discarding it and recomputing it")
+            path.unlink(missing_ok=True)
     states = compute()
     with atomic_path(path) as tmp:
         save_file({"states": states.contiguous()}, str(tmp), metadata=metadata)
@@ -306,20 +320,39 @@ class TrainingState:
             torch.save(state, tmp)
 
     def restore(self, path: Path, fingerprint: dict[str, Any]) -> bool:
-        """Load `path` if it belongs to this run (same fingerprint); say what happened."""
+        """Load `path` if it belongs to this run (same fingerprint); say what happened.
+
+        An unreadable file (truncated, garbage, missing entries) is stale too: a warning names it,
+        it is deleted and the run starts over from this (untouched) fresh state.
+        """
         if not path.exists():
             return False
-        # On the CPU: the generator state must stay there; the rest is copied to the device on load.
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved["fingerprint"] != fingerprint:
-            print(f"softcot train: {path} belongs to another run; starting over")
+        fresh = copy.deepcopy(
+            (self.projector.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict())
+        )
+        fresh_generator = self.generator.get_state()
+        try:
+            # On the CPU: the generator state must stay there; the rest is copied to the device on load.
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved["fingerprint"] != fingerprint:
+                print(f"softcot train: {path} belongs to another run; starting over")
+                return False
+            self.projector.load_state_dict(saved["projector"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.generator.set_state(saved["generator"])
+            step_losses, epoch_losses = list(saved["step_losses"]), list(saved["epoch_losses"])
+            epochs_done = int(saved["epochs_done"])
+        except Exception as exc:  # torch.load of arbitrary bytes can raise nearly any type
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"  # torch's run long
+            print(f"softcot train: warning: {path} is unreadable ({reason}); starting over")
+            self.projector.load_state_dict(fresh[0])
+            self.optimizer.load_state_dict(fresh[1])
+            self.scheduler.load_state_dict(fresh[2])
+            self.generator.set_state(fresh_generator)
+            path.unlink(missing_ok=True)
             return False
-        self.projector.load_state_dict(saved["projector"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.generator.set_state(saved["generator"])
-        self.step_losses, self.epoch_losses = saved["step_losses"], saved["epoch_losses"]
-        self.epochs_done = saved["epochs_done"]
+        self.step_losses, self.epoch_losses, self.epochs_done = step_losses, epoch_losses, epochs_done
         print(f"softcot train: resuming {path.parent} after epoch {self.epochs_done}")
         return True
 
@@ -346,15 +379,17 @@ def train_projector(
     data: TrainingData,
     states: torch.Tensor,
     settings: dict[str, Any],
-    out_dir: Path,
+    checkpoint: Path,
     fingerprint: dict[str, Any],
 ) -> dict[str, Any]:
-    """Train, saving out_dir/resume.pt after each epoch; write projector.safetensors; return the losses.
+    """Train, saving resume.pt beside `checkpoint` after each epoch; write `checkpoint`; return the losses.
 
     `fingerprint` identifies the run (settings, models, data): a resume file from another run
-    is ignored. The per-step loss goes to out_dir/dvclive ('train/loss').
+    is ignored. The per-step loss goes to dvclive/ beside the checkpoint ('train/loss').
     """
     from dvclive import Live
+
+    out_dir = checkpoint.parent
 
     n = settings["num_thought_tokens"]
     steps_per_epoch = math.ceil(len(data) / (settings["batch_size"] * settings["grad_accum"]))
@@ -395,7 +430,7 @@ def train_projector(
     progress.close()
     live.end()
 
-    save_projector(out_dir / "projector.safetensors", state.projector)
+    save_projector(checkpoint, state.projector)
     resume_path.unlink(missing_ok=True)
     return {
         "steps": len(state.step_losses),
@@ -408,92 +443,32 @@ def train_projector(
     }
 
 
-# --- command line ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", required=True, help="model pair name (params.yaml presets.<preset>.pairs)")
-    parser.add_argument("--dataset", required=True, help="dataset whose train split to fit")
-    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
-    parser.add_argument(
-        "--settings", help="train settings as JSON; replaces params.yaml's (Snakemake passes them)"
-    )
-    parser.add_argument(
-        "--pair-models", help='the pair as JSON {"assistant": ..., "base": ...}; replaces params.yaml\'s'
-    )
-    parser.add_argument(
-        "--option-format",
-        help="how options are written into questions (default: params data.aqua.option_format)",
-    )
-    parser.add_argument(
-        "--models-dir", default="results/models", help="materialized models (default: %(default)s)"
-    )
-    parser.add_argument("--data", default="data/prepared", help="prepared datasets (default: %(default)s)")
-    parser.add_argument(
-        "--states", default="results/states", help="assistant state cache (default: %(default)s)"
-    )
-    parser.add_argument("--out", default="results/projectors", help="projector root (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-
-
-def validate_settings(settings: Any, origin: str) -> dict[str, Any]:
-    """Check train settings against params.schema.yaml's train section."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    section = {**schema["$defs"]["train_settings"], "$defs": schema["$defs"]}
-    section["required"] = sorted(section["properties"])  # every setting: nothing falls back silently
-    errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
-    if errors:
-        lines = [
-            f"  train.{'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
-        ]
-        raise ConfigError(f"{origin}: invalid train settings:\n" + "\n".join(lines))
-    return settings
-
-
-def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], str]:
-    """(train settings, pair models, option format): from the arguments, else from params.yaml."""
-    cfg = None if (args.settings and args.pair_models and args.option_format) else Config.load(args.params)
-    if args.settings is None:
-        settings = validate_settings(cfg.train_settings(), args.params)
-    else:
-        try:
-            settings = validate_settings(json.loads(args.settings), "--settings")
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--settings: not valid JSON ({exc})") from exc
-    pair = json.loads(args.pair_models) if args.pair_models else cfg.pair(args.pair)
-    if not isinstance(pair, dict) or set(pair) != {"assistant", "base"}:
-        raise ConfigError(
-            f'--pair-models: expected {{"assistant": ..., "base": ...}}, got {args.pair_models}'
-        )
-    option_format = args.option_format or cfg.raw["data"]["aqua"]["option_format"]
-    return settings, pair, option_format
-
-
-def run(args: argparse.Namespace) -> int:
+# --- SoftCoT's training (softcot.methods.softcot calls it) ---------------------------------------
+def train_softcot_projector(context: TrainingContext) -> dict[str, Any]:
+    """Encode the training split for both models, get the assistant states (cached), fit the
+    projection and return the training record."""
     from softcot.models import load_model
 
-    projector_dataset = Config.projector_dataset(args.dataset)
-    if projector_dataset != args.dataset:
-        raise ConfigError(
-            f"dataset {args.dataset!r} has no training set; "
-            f"it is evaluated with the {projector_dataset} projector"
-        )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings, pair, option_format = _resolve(args)
+    settings = context.settings
     n = settings["num_thought_tokens"]
-
-    data_path = Path(args.data) / args.dataset / "train.jsonl"
-    examples = read_prepared(data_path)
-    if (examples[0]["dataset"], examples[0]["split"]) != (args.dataset, "train"):
+    examples = read_prepared(context.train_file)
+    if (examples[0]["dataset"], examples[0]["split"]) != (context.dataset, "train"):
         raise DataError(
-            f"{data_path}: holds {examples[0]['dataset']}/{examples[0]['split']}, not {args.dataset}/train"
+            f"{context.train_file}: holds {examples[0]['dataset']}/{examples[0]['split']}, "
+            f"not {context.dataset}/train"
         )
     if settings["limit"] is not None:
         examples = examples[: settings["limit"]]
-    data_sha256 = sha256_file(data_path)
+    data_sha256 = sha256_file(context.train_file)
 
-    assistant = load_model(pair["assistant"], args.models_dir)
-    base = assistant if pair["base"] == pair["assistant"] else load_model(pair["base"], args.models_dir)
+    models = settings["pair"]
+    assistant = load_model(models["assistant"], context.models_dir, local_paths=context.local_paths)
+    same = models["base"] == models["assistant"]
+    base = (
+        assistant if same else load_model(models["base"], context.models_dir, local_paths=context.local_paths)
+    )
     prompt_set = load_prompt_set(settings["prompt_set"])
+    option_format = settings["option_format"]
     data = encode_training_data(
         examples,
         PromptRenderer(prompt_set, base, option_format),
@@ -501,11 +476,15 @@ def run(args: argparse.Namespace) -> int:
         n,
         settings["drop_last_train_token"],
         settings["max_length"],
-        str(data_path),
+        str(context.train_file),
     )
     metadata = state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256)
     states_path = (
-        Path(args.states) / pair["assistant"] / prompt_set.name / args.dataset / f"train-n{n}.safetensors"
+        context.states_dir
+        / models["assistant"]
+        / prompt_set.name
+        / context.dataset
+        / f"train-n{n}.safetensors"
     )
     states = load_or_compute_states(
         states_path,
@@ -514,13 +493,11 @@ def run(args: argparse.Namespace) -> int:
             assistant, data, range(len(data)), n, settings["batch_size"], f"assistant states {states_path}"
         ),
     )
-
-    out_dir = Path(args.out) / args.pair / args.dataset
     record = {
-        "pair": args.pair,
-        "assistant": pair["assistant"],
-        "base": pair["base"],
-        "dataset": args.dataset,
+        "pair": context.pair,
+        "assistant": models["assistant"],
+        "base": models["base"],
+        "dataset": context.dataset,
         "num_thought_tokens": n,
         "examples": len(data),
         "data_sha256": data_sha256,
@@ -531,10 +508,116 @@ def run(args: argparse.Namespace) -> int:
         "assistant_state_cache": metadata,
         "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
     }
-    record.update(train_projector(base, assistant, data, states, settings, out_dir, fingerprint=record))
-    write_json_atomic(out_dir / "projector.json", record)
+    record.update(
+        train_projector(base, assistant, data, states, settings, context.checkpoint, fingerprint=record)
+    )
     print(
-        f"softcot train: wrote {out_dir}/projector.safetensors; loss {record['first_step_loss']:.4f} -> "
+        f"softcot train: wrote {context.checkpoint}; loss {record['first_step_loss']:.4f} -> "
         f"{record['last_step_loss']:.4f} over {record['steps']} steps"
     )
+    return record
+
+
+# --- the training driver ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingContext:
+    """What any method's training receives: the resolved step and where its files go."""
+
+    pair: str
+    dataset: str
+    settings: dict[str, Any]  # the train step's settings (softcot.plan.Plan.train)
+    train_file: Path
+    models_dir: Path
+    states_dir: Path  # caches a method may keep between runs (not outputs)
+    checkpoint: Path
+    record: Path
+    local_paths: dict[str, str]  # models loaded from pre-downloaded directories
+
+
+def validate_settings(settings: Any, origin: str) -> dict[str, Any]:
+    """Check a train step's settings: the method, the pair, the option format, and every key of
+    params.schema.yaml's train section (nothing falls back silently)."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{origin}: the train settings must be a JSON object")
+    for key in ("kind", "pair", "option_format"):
+        if key not in settings:
+            raise ConfigError(f"{origin}: the train settings lack {key!r}")
+    method = method_class(settings["kind"])
+    roles = {"base", "assistant"} if method.uses_assistant else {"base"}
+    if not isinstance(settings["pair"], dict) or set(settings["pair"]) != roles:
+        raise ConfigError(f"{origin}: 'pair' must name the models {sorted(roles)}, got {settings['pair']!r}")
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    section = {**schema["$defs"]["train_settings"], "$defs": schema["$defs"]}
+    section["required"] = sorted(section["properties"])
+    section["properties"] = {**section["properties"], "kind": {}, "pair": {}, "option_format": {}}
+    errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
+    if errors:
+        lines = [
+            f"  train.{'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
+        ]
+        raise ConfigError(f"{origin}: invalid train settings:\n" + "\n".join(lines))
+    return settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pair", required=True, help="model pair name (params.yaml presets.<preset>.pairs)")
+    parser.add_argument("--dataset", required=True, help="dataset whose train split to fit")
+    parser.add_argument(
+        "--artefact", default="projector", help="what to train (default: %(default)s, SoftCoT's projection)"
+    )
+    parser.add_argument(
+        "--settings",
+        help="the step's settings as JSON (what `snakemake -n -p` shows); default: resolved from --params",
+    )
+    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
+    parser.add_argument(
+        "--train", required=True, help="prepared train file (data/prepared/DATASET/train.jsonl)"
+    )
+    parser.add_argument(
+        "--models-dir", default="results/models", help="materialized models (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--states", default="results/states", help="assistant state cache (default: %(default)s)"
+    )
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint file to write")
+    parser.add_argument("--record", required=True, help="the training record (JSON) to write")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--local-path",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="load MODEL as materialized from a pre-downloaded directory (params models.local_paths)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from softcot.models.registry import parse_local_paths
+
+    spec = dataset_spec(args.dataset)
+    if not spec.trains:
+        raise ConfigError(
+            f"dataset {args.dataset!r} has no training set; it is evaluated with the "
+            f"{spec.artefact_dataset} {args.artefact}"
+        )
+    if args.settings is None:
+        settings = Plan.load(args.params).train(args.artefact, args.pair, args.dataset).settings
+        settings = validate_settings(settings, args.params)
+    else:
+        settings = validate_settings(parse_settings(args.settings), "--settings")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    context = TrainingContext(
+        pair=args.pair,
+        dataset=args.dataset,
+        settings=settings,
+        train_file=Path(args.train),
+        models_dir=Path(args.models_dir),
+        states_dir=Path(args.states),
+        checkpoint=Path(args.checkpoint),
+        record=Path(args.record),
+        local_paths=parse_local_paths(args.local_path),
+    )
+    record = method_class(settings["kind"])().train(context)
+    write_json_atomic(context.record, record)
     return 0

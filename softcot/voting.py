@@ -1,6 +1,6 @@
 """Self-consistency voting: one answer per example from its R (or K x R) extracted samples.
 
-`reference` reproduces the paper's vote (protocol.md §10, §14 row 16) so self-consistency numbers stay
+`reference` reproduces the paper's vote (docs/protocol.md §10, §14 row 16) so self-consistency numbers stay
 comparable; `fixed` is the plain majority vote we recommend. Both break ties the same way: among the
 answers with the largest count, the one seen first wins. Sample order is a deterministic function of
 (seed, example), so the tie-break is reproducible.

@@ -84,6 +84,32 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
         Config.load(tmp_path / "params.yaml")
 
 
-def test_date_is_evaluated_with_the_gsm8k_projector():
-    assert Config.projector_dataset("date") == "gsm8k"
-    assert Config.projector_dataset("aqua") == "aqua"
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda r: r["tables"]["main_table"]["rows"][0].update(pair="mian"), r"rows\[0\]\.pair: role 'mian'"),
+        (
+            lambda r: r["methods"]["softcot"].update(num_thought_tokens=0),
+            r"methods\.softcot\.num_thought_tokens",
+        ),
+        (lambda r: r["eval"].update(prompt_set="papr"), r"eval\.prompt_set: unknown prompt set 'papr'"),
+        (lambda r: r["methods"]["cot"].update(prompt_set="papr"), r"methods\.cot\.prompt_set"),
+        (lambda r: r["data"]["aqua"].update(option_format="{lettr}){text}"), r"data\.aqua\.option_format"),
+        (
+            lambda r: r["methods"]["cot"].update(kind="cot-plus"),
+            r"methods\.cot\.kind: unknown kind 'cot-plus'",
+        ),
+    ],
+)
+def test_cross_references_are_checked_before_any_job(raw, edit, named):
+    edit(raw)
+    with pytest.raises(ConfigError, match=named):
+        Config(raw)
+
+
+def test_thought_count_zero_is_fine_for_methods_that_read_no_thoughts(raw):
+    raw["eval"]["num_thought_tokens"] = 0
+    for method in raw["methods"].values():
+        if method["kind"] in ("cot-unk", "softcot") and "num_thought_tokens" not in method:
+            method["num_thought_tokens"] = 4
+    assert Config(raw).eval_settings("cot")["num_thought_tokens"] == 0

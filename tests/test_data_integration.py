@@ -38,7 +38,7 @@ def prepared(tmp_path_factory):
     result = {}
     for dataset, split in [*splits, ("date", "test")]:
         path = out / dataset / f"{split}.jsonl"
-        prepare(dataset, split, result_settings(DATA, dataset), files, path)
+        prepare(dataset, split, result_settings(DATA, dataset), files, path, path.parent / "stats.json")
         result[dataset, split] = read_prepared(path)
     result["dir"] = out
     return result
@@ -86,7 +86,7 @@ def test_asdiv_aug_rebuild_is_byte_identical(prepared, tmp_path):
     settings = result_settings(DATA, "asdiv-aug")
     # Test first, then train: the order of the builds must not matter.
     for split in ("test", "train"):
-        prepare("asdiv-aug", split, settings, files, tmp_path / f"{split}.jsonl")
+        prepare("asdiv-aug", split, settings, files, tmp_path / f"{split}.jsonl", tmp_path / "stats.json")
         original = prepared["dir"] / "asdiv-aug" / f"{split}.jsonl"
         assert (tmp_path / f"{split}.jsonl").read_bytes() == original.read_bytes()
     assert (tmp_path / "stats.json").read_bytes() == (

@@ -89,7 +89,7 @@ def test_malformed_row_leaves_no_partial_file(tmp_path):
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-def test_asdiv_aug_writes_stats_beside_the_split(tmp_path):
+def test_asdiv_aug_writes_its_stats_where_asked(tmp_path):
     xml = (
         b'<?xml version="1.0" ?><Machine-Reading-Corpus-File><ProblemSet>'
         b'<Problem ID="p1"><Body>Tom has 35 cards and 47 stamps.</Body><Question>How many things?</Question>'
@@ -100,8 +100,8 @@ def test_asdiv_aug_writes_stats_beside_the_split(tmp_path):
     files = fixture_mirror(tmp_path, {"asdiv/ASDiv.xml": xml})
     settings = {"asdiv_aug": dict(DATA["asdiv_aug"], variants=2)}
     out = tmp_path / "asdiv-aug" / "train.jsonl"
-    assert prepare("asdiv-aug", "train", settings, files, out) == 2
-    stats = json.loads((tmp_path / "asdiv-aug" / "stats.json").read_text())
+    assert prepare("asdiv-aug", "train", settings, files, out, tmp_path / "build-stats.json") == 2
+    stats = json.loads((tmp_path / "build-stats.json").read_text())
     assert stats["usable_problems"] == 1 and stats["records"] == {"train": 2, "test": 0}
 
 

@@ -10,6 +10,9 @@ import torch
 from softcot import evaluate as ev
 from softcot.config import Config
 from softcot.io import load_jsonl
+from softcot.methods import method_class
+from softcot.methods.assist_cot import assistant_hints
+from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set
 from softcot.thoughts import Projector
 from softcot.voting import vote
@@ -17,18 +20,15 @@ from softcot.voting import vote
 N = 2  # thought tokens at evaluation in these tests
 
 
-def make_job(kind, tiny_base, tiny_assistant, examples, **overrides) -> ev.Job:
-    settings = Config.load().eval_settings({"cot": "cot", "cot-unk": "cot-unk"}.get(kind, kind))
+def make_job(kind, tiny_base, tiny_assistant, examples, batch_size=4, **overrides) -> ev.Job:
+    settings = Plan(Config.load()).evaluate("tiny", "gsm8k", kind).settings
+    settings.update(seeds=[41, 42], max_new_tokens=6, limit=None)
     settings.update(
-        seeds=[41, 42],
-        max_new_tokens=6,
-        batch_size=4,
-        num_thought_tokens=N,
-        assist_hard_tokens=3,
-        limit=None,
+        {k: v for k, v in {"num_thought_tokens": N, "assist_hard_tokens": 3}.items() if k in settings}
     )
     settings.update(overrides)
     prompt_set = load_prompt_set("paper")
+    method = method_class(kind)()
     job = ev.Job(
         "tiny",
         "gsm8k",
@@ -36,15 +36,25 @@ def make_job(kind, tiny_base, tiny_assistant, examples, **overrides) -> ev.Job:
         settings,
         examples,
         tiny_base,
-        PromptRenderer(prompt_set, tiny_base, "{letter}){text}"),
+        PromptRenderer(prompt_set, tiny_base, None),
+        method,
+        batch_size,
     )
-    if kind in ev.USES_ASSISTANT:
+    if method.uses_assistant:
         job.assistant = tiny_assistant
-        job.assistant_renderer = PromptRenderer(prompt_set, tiny_assistant, "{letter}){text}")
+        job.assistant_renderer = PromptRenderer(prompt_set, tiny_assistant, None)
     if kind == "softcot":
         hidden_b, hidden_a = tiny_base.model.config.hidden_size, tiny_assistant.model.config.hidden_size
-        job.projector = Projector.seeded(hidden_a, hidden_b, seed=0)
+        job.artefact = Projector.seeded(hidden_a, hidden_b, seed=0)
     return job
+
+
+def run_eval(job: ev.Job, out_dir):
+    """Evaluate into out_dir/seed{seed}.jsonl and .metrics.json, as the rule lays them out."""
+    seeds = job.settings["seeds"]
+    return ev.evaluate(
+        job, [out_dir / f"seed{s}.jsonl" for s in seeds], [out_dir / f"seed{s}.metrics.json" for s in seeds]
+    )
 
 
 def placeholder_count(ids: list[int], token_id: int) -> int:
@@ -54,14 +64,14 @@ def placeholder_count(ids: list[int], token_id: int) -> int:
 def test_cot_prompt_has_no_placeholders(tiny_base, tiny_assistant, gsm8k_examples):
     job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
     marks = tiny_base.placeholder_ids
-    for ids in ev.base_prompts(job):
+    for ids in job.method.base_prompts(job):
         assert all(placeholder_count(ids, t) == 0 for t in (marks.unk, marks.bot, marks.eot))
 
 
 def test_cot_unk_prompt_has_exactly_n_placeholders_between_markers(tiny_base, tiny_assistant, gsm8k_examples):
     job = make_job("cot-unk", tiny_base, tiny_assistant, gsm8k_examples)
     marks = tiny_base.placeholder_ids
-    for ids in ev.base_prompts(job):
+    for ids in job.method.base_prompts(job):
         assert placeholder_count(ids, marks.unk) == N
         start = ids.index(marks.bot)
         assert ids[start : start + N + 2] == [marks.bot] + [marks.unk] * N + [marks.eot]
@@ -81,7 +91,7 @@ def greedy_continuation(loaded, ids: list[int], n: int) -> list[int]:
 
 def test_assist_cot_inserts_the_assistants_greedy_text(tiny_base, tiny_assistant, gsm8k_examples):
     job = make_job("assist-cot", tiny_base, tiny_assistant, gsm8k_examples[:3])
-    hints = ev.assistant_hints(job)
+    hints = assistant_hints(job)
     for example, hint in zip(job.examples, hints, strict=True):
         ids = job.assistant_renderer.assistant_ids(example, 3)
         prefix = ids[: ids.index(tiny_assistant.placeholder_ids.unk)]
@@ -89,15 +99,15 @@ def test_assist_cot_inserts_the_assistants_greedy_text(tiny_base, tiny_assistant
             greedy_continuation(tiny_assistant, prefix, 3), skip_special_tokens=True
         )
         assert hint == expected.strip()
-    for ids, hint in zip(ev.base_prompts(job), hints, strict=True):
+    for ids, hint in zip(job.method.base_prompts(job), hints, strict=True):
         assert hint in tiny_base.tokenizer.decode(ids)
         assert placeholder_count(ids, tiny_base.placeholder_ids.unk) == 0
 
 
 def test_softcot_splices_projected_assistant_states(tiny_base, tiny_assistant, gsm8k_examples, monkeypatch):
     job = make_job("softcot", tiny_base, tiny_assistant, gsm8k_examples[:3], seeds=[41])
-    prompts = ev.base_prompts(job)
-    states = ev.thought_states(job)
+    prompts = job.method.base_prompts(job)
+    job.method.prepare(job)
     captured = {}
 
     def fake_generate(model, ids, mask, seeds, config, stop_ids, pad_id, inputs_embeds=None, progress=None):
@@ -106,7 +116,7 @@ def test_softcot_splices_projected_assistant_states(tiny_base, tiny_assistant, g
 
     monkeypatch.setattr(ev, "generate", fake_generate)
     rows = [ev.Row(i, 41, 0) for i in range(3)]
-    ev.run_batch(job, rows, prompts, states, config=None)
+    ev.run_batch(job, rows, prompts, config=None)
     ids, embeds = captured["ids"], captured["embeds"]
     own = tiny_base.model.get_input_embeddings()(ids)
     for row, example in enumerate(job.examples):
@@ -114,7 +124,7 @@ def test_softcot_splices_projected_assistant_states(tiny_base, tiny_assistant, g
         a_ids = job.assistant_renderer.assistant_ids(example, N)
         hidden = tiny_assistant.model(torch.tensor([a_ids]), output_hidden_states=True).hidden_states[-1][0]
         a_start = a_ids.index(tiny_assistant.placeholder_ids.unk)
-        expected = job.projector(hidden[a_start : a_start + N])
+        expected = job.artefact(hidden[a_start : a_start + N])
         slot = (ids[row] == tiny_base.placeholder_ids.unk).nonzero().flatten()
         assert len(slot) == N
         torch.testing.assert_close(embeds[row, slot], expected.to(embeds.dtype))
@@ -128,7 +138,7 @@ def test_predictions_do_not_depend_on_batch_size(kind, tiny_base, tiny_assistant
     outputs = []
     for batch_size in (1, 5):
         job = make_job(kind, tiny_base, tiny_assistant, gsm8k_examples, batch_size=batch_size)
-        ev.evaluate(job, tmp_path / str(batch_size))
+        run_eval(job, tmp_path / str(batch_size))
         outputs.append([load_jsonl(tmp_path / str(batch_size) / f"seed{s}.jsonl") for s in (41, 42)])
     assert outputs[0] == outputs[1]
     seed41, seed42 = outputs[0]
@@ -137,7 +147,7 @@ def test_predictions_do_not_depend_on_batch_size(kind, tiny_base, tiny_assistant
 
 def test_prediction_records_and_metrics(tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
     job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
-    ev.evaluate(job, tmp_path)
+    run_eval(job, tmp_path)
     records = load_jsonl(tmp_path / "seed41.jsonl")
     assert [r["id"] for r in records] == [e["id"] for e in gsm8k_examples]
     keys = {
@@ -164,7 +174,7 @@ def test_prediction_records_and_metrics(tiny_base, tiny_assistant, gsm8k_example
 
 def test_self_consistency_votes_over_samples(tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
     job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples[:3], samples=3, seeds=[41])
-    ev.evaluate(job, tmp_path)
+    run_eval(job, tmp_path)
     for record in load_jsonl(tmp_path / "seed41.jsonl"):
         assert len(record["samples"]) == len(record["outputs"]) == 3
         assert record["prediction"] == vote(record["samples"], job.settings["vote"])
@@ -174,7 +184,7 @@ def test_resume_after_a_crash_skips_done_batches_and_gives_the_same_files(
     tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
 ):
     reference = tmp_path / "reference"
-    ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), reference)
+    run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), reference)
 
     crashed = tmp_path / "crashed"
     real_run_batch, calls = ev.run_batch, []
@@ -187,7 +197,7 @@ def test_resume_after_a_crash_skips_done_batches_and_gives_the_same_files(
 
     monkeypatch.setattr(ev, "run_batch", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
+        run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
     assert not (crashed / "seed41.jsonl").exists()
     assert len(load_jsonl(crashed / ev.PARTIAL_NAME)) == 1 + 2 * 4  # header + two batches of 4 rows
 
@@ -197,7 +207,7 @@ def test_resume_after_a_crash_skips_done_batches_and_gives_the_same_files(
         "run_batch",
         lambda job, rows, *a, **k: calls.append(len(rows)) or real_run_batch(job, rows, *a, **k),
     )
-    ev.evaluate(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
+    run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
     assert sum(calls) == 12 - 8  # only the rows not done before the crash
     for seed in (41, 42):
         assert (crashed / f"seed{seed}.jsonl").read_bytes() == (reference / f"seed{seed}.jsonl").read_bytes()
@@ -207,8 +217,52 @@ def test_changed_settings_discard_the_partial_file(
     tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
 ):
     job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
-    prompts = ev.base_prompts(job)
+    prompts = job.method.base_prompts(job)
     (tmp_path / ev.PARTIAL_NAME).write_text(
         '{"fingerprint": "old"}\n{"example": 0, "seed": 41, "sample": 0}\n'
     )
     assert ev.load_partial(tmp_path / ev.PARTIAL_NAME, ev.job_fingerprint(job, prompts)) == {}
+
+
+def test_a_torn_last_line_is_dropped_and_the_run_resumes(
+    tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
+):
+    reference = tmp_path / "reference"
+    run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), reference)
+
+    crashed = tmp_path / "crashed"
+    real_run_batch, calls = ev.run_batch, []
+
+    def crash_on_second(job, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_batch(job, rows, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "run_batch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples), crashed)
+    partial = crashed / ev.PARTIAL_NAME
+    partial.write_bytes(partial.read_bytes() + b'{"example": 3, "seed": 41, "sam')  # a kill mid-write
+
+    monkeypatch.setattr(ev, "run_batch", real_run_batch)
+    with pytest.warns(UserWarning, match="torn last line"):
+        # Resumed with another batch size (what a user does after running out of memory).
+        run_eval(make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=3), crashed)
+    for seed in (41, 42):
+        assert (crashed / f"seed{seed}.jsonl").read_bytes() == (reference / f"seed{seed}.jsonl").read_bytes()
+    assert not partial.exists()
+
+
+def test_batch_size_is_not_part_of_the_resume_fingerprint(tiny_base, tiny_assistant, gsm8k_examples):
+    small = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=1)
+    large = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=8)
+    prompts = small.method.base_prompts(small)
+    assert ev.job_fingerprint(small, prompts) == ev.job_fingerprint(large, prompts)
+
+
+def test_an_unreadable_partial_file_is_discarded(tmp_path):
+    partial = tmp_path / ev.PARTIAL_NAME
+    partial.write_bytes(b'{"fingerprint": "f"}\nnot json\n{"example": 0, "seed": 41, "sample": 0}\n')
+    with pytest.warns(UserWarning, match="starting over"):
+        assert ev.load_partial(partial, "f") == {}

@@ -12,9 +12,9 @@ import pytest
 
 from softcot import report, stats
 from softcot.cli import main
-from softcot.config import Config
 from softcot.errors import DataError
 from softcot.io import write_json_atomic, write_jsonl_atomic
+from softcot.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [41, 42, 43]
@@ -128,6 +128,14 @@ def test_delta_is_the_difference_of_cell_means_and_holm_spans_the_table(syntheti
     assert np.all(adjusted >= raw)
 
 
+def outputs(out_dir, name="synthetic") -> dict:
+    return {suffix: out_dir / f"{name}.{suffix}" for suffix in ("md", "csv", "json", "png")}
+
+
+def out_args(out_dir, name) -> list[str]:
+    return [arg for suffix, path in outputs(out_dir, name).items() for arg in (f"--{suffix}", str(path))]
+
+
 def test_std_over_seeds_and_average_column(tmp_path):
     spec = make_spec(rows=make_spec()["rows"][:2])
     # 10 examples: gsm8k seeds correct on 5, 6, 8 -> 50, 60, 80 %; aqua on 3, 3, 6 -> 30, 30, 60 %.
@@ -137,7 +145,7 @@ def test_std_over_seeds_and_average_column(tmp_path):
             for seed, k in zip(SEEDS, per_seed, strict=True):
                 write_seed(tmp_path / "pred", row, ds, seed, [i < k for i in range(10)])
     write_prepared(tmp_path / "prepared", spec["datasets"], 10)
-    paths = report.write_reports(build(spec, tmp_path, 500), tmp_path / "reports")
+    paths = report.write_reports(build(spec, tmp_path, 500), outputs(tmp_path / "reports"))
 
     rows = {(r["row"], r["dataset"]): r for r in read_csv(paths[1])}
     gsm = rows["same", "gsm8k"]
@@ -161,8 +169,9 @@ def test_std_over_seeds_and_average_column(tmp_path):
 
 def test_md_csv_json_are_consistent(synthetic):
     spec, tmp_path = synthetic
-    paths = report.write_reports(build(spec, tmp_path), tmp_path / "reports")
-    assert [p.name for p in paths] == ["synthetic.md", "synthetic.csv", "synthetic.json"]
+    paths = report.write_reports(build(spec, tmp_path), outputs(tmp_path / "reports"))
+    assert [p.name for p in paths] == ["synthetic.md", "synthetic.csv", "synthetic.json", "synthetic.png"]
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # tables without x plot bars
     markdown, csv_rows, metrics = paths[0].read_text(), read_csv(paths[1]), json.loads(paths[2].read_text())
 
     assert len(csv_rows) == 3 * 3  # rows x (datasets + avg)
@@ -207,7 +216,7 @@ def test_missing_files_are_listed_and_nothing_is_written(synthetic):
         path.unlink()
     out = tmp_path / "reports"
     with pytest.raises(DataError, match="2 input files are missing") as error:
-        report.write_reports(build(spec, tmp_path), out)
+        report.write_reports(build(spec, tmp_path), outputs(out))
     assert all(str(path) in str(error.value) for path in gone)
     assert not out.exists()
 
@@ -274,8 +283,8 @@ def test_metrics_must_describe_the_prediction_file(tmp_path):
 
 def test_cli_with_params_writes_plot_table(tmp_path):
     """The thought-token table of the repository's params.yaml, whose rows have x, gets a PNG."""
-    spec = report.table_spec(Config.load(REPO / "params.yaml"), "thought_tokens")
-    assert report.has_plot(spec) and all(row["seeds"] for row in spec["rows"])
+    spec = Plan.load(REPO / "params.yaml").table_spec("thought_tokens")
+    assert all("x" in row for row in spec["rows"][1:]) and all(row["seeds"] for row in spec["rows"])
     rng = np.random.default_rng(5)
     for row in spec["rows"]:
         for seed in row["seeds"]:
@@ -284,7 +293,7 @@ def test_cli_with_params_writes_plot_table(tmp_path):
     out = tmp_path / "reports"
     args = ["table", "--table", "thought_tokens", "--params", str(REPO / "params.yaml")]
     args += ["--predictions", str(tmp_path / "pred"), "--prepared", str(tmp_path / "prepared")]
-    assert main([*args, "--out-dir", str(out), "--resamples", "200"]) == 0
+    assert main([*args, *out_args(out, "thought_tokens"), "--resamples", "200"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         f"thought_tokens.{s}" for s in ("csv", "json", "md", "png")
     ]
@@ -300,7 +309,7 @@ def test_cli_settings_default_resamples_and_errors(tmp_path, capsys):
     write_prepared(tmp_path / "prepared", ["gsm8k"], 30)
     args = ["table", "--table", "synthetic", "--settings", json.dumps(spec)]
     args += ["--predictions", str(tmp_path / "pred"), "--prepared", str(tmp_path / "prepared")]
-    args += ["--out-dir", str(tmp_path / "reports")]
+    args += out_args(tmp_path / "reports", "synthetic")
     assert main(args) == 0
     better = next(r for r in read_csv(tmp_path / "reports" / "synthetic.csv") if r["row"] == "better")
     assert float(better["p_value"]) == pytest.approx(1 / (stats.DEFAULT_RESAMPLES + 1))

@@ -32,6 +32,9 @@ SETTINGS = {
     "drop_last_train_token": False,
     "limit": None,
     "max_length": 1024,
+    "kind": "softcot",
+    "pair": {"assistant": "gemma-3-270m", "base": "smollm2-135m-instruct"},
+    "option_format": None,
 }
 
 
@@ -147,30 +150,37 @@ def workspace(tmp_path, monkeypatch, tiny_base, tiny_assistant, gsm8k_examples):
     write_jsonl_atomic(tmp_path / "data" / "gsm8k" / "train.jsonl", gsm8k_examples)
     models = {"gemma-3-270m": tiny_assistant, "smollm2-135m-instruct": tiny_base}
 
-    def fake_load_model(name, models_dir="results/models", device=None):
+    def fake_load_model(name, models_dir="results/models", device=None, local_paths=None):
         return models[name]
 
     monkeypatch.setattr(softcot.models, "load_model", fake_load_model, raising=False)
     return tmp_path
 
 
+def train_args(
+    workspace: Path, out: str, settings: dict, dataset: str, models_dir: str
+) -> argparse.Namespace:
+    directory = workspace / out / "tiny" / dataset
+    return argparse.Namespace(
+        pair="tiny",
+        dataset=dataset,
+        artefact="projector",
+        params=str(REPO / "params.yaml"),
+        settings=json.dumps(settings),
+        train=str(workspace / "data" / dataset / "train.jsonl"),
+        models_dir=models_dir,
+        threads=None,
+        states=str(workspace / "states"),
+        checkpoint=str(directory / "projector.safetensors"),
+        record=str(directory / "projector.json"),
+        local_path=[],
+    )
+
+
 def run_train(
     workspace: Path, out: str = "out", settings: dict | None = None, dataset: str = "gsm8k"
 ) -> Path:
-    args = argparse.Namespace(
-        pair="tiny",
-        dataset=dataset,
-        params=str(REPO / "params.yaml"),
-        settings=json.dumps(settings or SETTINGS),
-        pair_models=None,
-        option_format=None,
-        models_dir="unused",
-        threads=None,
-        data=str(workspace / "data"),
-        states=str(workspace / "states"),
-        out=str(workspace / out),
-    )
-    assert train.run(args) == 0
+    assert train.run(train_args(workspace, out, settings or SETTINGS, dataset, "unused")) == 0
     return workspace / out / "tiny" / dataset
 
 
@@ -292,6 +302,10 @@ def test_invalid_settings_name_the_key(workspace):
         run_train(workspace, settings=dict(SETTINGS, lr=-1))
     with pytest.raises(ConfigError, match="'seed' is a required property"):
         run_train(workspace, settings={k: v for k, v in SETTINGS.items() if k != "seed"})
+    with pytest.raises(ConfigError, match="lack 'pair'"):
+        run_train(workspace, settings={k: v for k, v in SETTINGS.items() if k != "pair"})
+    with pytest.raises(ConfigError, match="unknown method kind 'lora-x'"):
+        run_train(workspace, settings=dict(SETTINGS, kind="lora-x"))
 
 
 @pytest.mark.slow
@@ -304,19 +318,7 @@ def test_real_tiny_pair_end_to_end(tmp_path):
 
     write_jsonl_atomic(tmp_path / "data" / "gsm8k" / "train.jsonl", [gsm8k_example(i) for i in range(4)])
     settings = dict(SETTINGS, lr=2e-5, batch_size=2, grad_accum=1, epochs=1, num_thought_tokens=32)
-    args = argparse.Namespace(
-        pair="tiny",
-        dataset="gsm8k",
-        params=str(REPO / "params.yaml"),
-        settings=json.dumps(settings),
-        pair_models=None,
-        option_format=None,
-        models_dir=str(models),
-        threads=None,
-        data=str(tmp_path / "data"),
-        states=str(tmp_path / "states"),
-        out=str(tmp_path / "out"),
-    )
+    args = train_args(tmp_path, "out", settings, "gsm8k", str(models))
     assert train.run(args) == 0
     with safe_open(str(tmp_path / "out" / "tiny" / "gsm8k" / "projector.safetensors"), framework="pt") as f:
         assert f.get_tensor("weight").shape == (576, 640) and f.get_tensor("bias").shape == (576,)

@@ -1,4 +1,4 @@
-"""Self-consistency voting: the reference's quirks (protocol.md §10) and the fixed majority vote."""
+"""Self-consistency voting: the reference's quirks (docs/protocol.md §10) and the fixed majority vote."""
 
 from __future__ import annotations
 

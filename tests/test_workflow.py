@@ -98,13 +98,32 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
     again = snakemake("reports/main_table.md", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # A parameter change reruns exactly the jobs that read it.
+    def planned_jobs(edit) -> dict[str, int]:
+        changed = yaml.safe_load(yaml.safe_dump(params))
+        edit(changed)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed))
+        result = snakemake("reports/main_table.md", "-n", "--quiet", "rules", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        counts = {}
+        for line in result.stdout.splitlines():
+            words = line.split()
+            if len(words) == 2 and words[1].isdigit() and words[0] != "total":
+                counts[words[0]] = int(words[1])
+        return counts
 
-def test_dvc_stages_call_their_table_target():
+    assert planned_jobs(lambda p: p["eval"].update(num_thought_tokens=2)) == {"evaluate": 10, "table": 1}
+    assert planned_jobs(lambda p: p["presets"]["tiny"]["eval"].update(batch_size=2)) == {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_dvc_has_one_stage_per_table_calling_its_target():
     """Each stage's snakemake command names its table before the options: --rerun-triggers
     takes several values and would swallow a target written after it."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == set(TABLES)
-    for name, stage in stages.items():
-        words = stage["cmd"].split()
-        assert words[:2] == ["snakemake", f"reports/{name}.md"], stage["cmd"]
-        assert "mtime" not in words
+    result = subprocess.run(["dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {line.split()[0] for line in result.stdout.splitlines()} == {f"table@{t}" for t in TABLES}
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["table"]
+    assert stage["foreach"] == "${tables}"
+    words = stage["do"]["cmd"].split()
+    assert words[:2] == ["snakemake", "reports/${key}.md"] and "mtime" not in words

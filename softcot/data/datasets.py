@@ -1,8 +1,13 @@
-"""The dataset catalog (datasets.yaml): loader, answer kind, raw files and settings of each dataset."""
+"""The dataset catalog (datasets.yaml): the only place that names a dataset and states its facts.
+
+Dataset names, answer types, prompt families, option formats and which dataset's trained
+artefacts serve another are all read from here; nothing else lists datasets.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -11,6 +16,7 @@ from softcot.errors import DataError
 
 CATALOG_PATH = Path(__file__).with_name("datasets.yaml")
 VARIANTS = ("offline", "paper")
+ANSWER_TYPES = ("number", "letter", "yes_no")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,21 @@ class DatasetSpec:
     answer: str  # number | letter | yes_no
     settings: tuple[str, ...]  # keys of params.yaml's `data` section that change the prepared files
     splits: dict[str, dict[str, SplitSource]]  # split -> variant -> source
+    prompt_family: str
+    letters: str = ""  # option letters of a `letter` dataset
+    option_format: str | None = None  # data.<key>.option_format writes its options
+    trained_on: str = ""  # the dataset whose trained artefacts serve it ("" = itself)
+    joint_build: bool = False  # one build writes both splits
+
+    @property
+    def trains(self) -> bool:
+        """Whether the dataset has a training split, so artefacts are trained on it."""
+        return "train" in self.splits
+
+    @property
+    def artefact_dataset(self) -> str:
+        """The dataset whose trained artefacts (projector, adapter) evaluate this one."""
+        return self.trained_on or self.name
 
     def source(self, split: str, variant: str) -> SplitSource:
         if split not in self.splits:
@@ -42,9 +63,23 @@ class DatasetSpec:
         return {key: data[key] for key in self.settings}
 
 
+def _check_entry(path: Path, name: str, entry: dict) -> None:
+    required = {"loader", "answer", "prompt_family", "settings", "splits"}
+    allowed = required | {"letters", "option_format", "trained_on", "joint_build"}
+    if missing := required - set(entry):
+        raise DataError(f"{path}: {name}: lacks {', '.join(sorted(missing))}")
+    if unknown := set(entry) - allowed:
+        raise DataError(f"{path}: {name}: unknown keys {', '.join(sorted(unknown))}")
+    if entry["answer"] not in ANSWER_TYPES:
+        raise DataError(f"{path}: {name}.answer: {entry['answer']!r} is not one of {', '.join(ANSWER_TYPES)}")
+    if (entry["answer"] == "letter") != bool(entry.get("letters")):
+        raise DataError(f"{path}: {name}: `letters` is required for letter answers and only for them")
+
+
 def load_catalog(path: Path = CATALOG_PATH) -> dict[str, DatasetSpec]:
     catalog = {}
     for name, entry in yaml.safe_load(path.read_text(encoding="utf-8")).items():
+        _check_entry(path, name, entry)
         splits = {}
         for split, by_variant in entry["splits"].items():
             if "offline" not in by_variant or set(by_variant) - set(VARIANTS):
@@ -57,15 +92,42 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, DatasetSpec]:
             "variant" not in entry["settings"]
         ):
             raise DataError(f"{path}: {name}: has `paper` files, so its settings must include `variant`")
-        catalog[name] = DatasetSpec(name, entry["loader"], entry["answer"], tuple(entry["settings"]), splits)
+        catalog[name] = DatasetSpec(
+            name,
+            entry["loader"],
+            entry["answer"],
+            tuple(entry["settings"]),
+            splits,
+            prompt_family=entry["prompt_family"],
+            letters=entry.get("letters", ""),
+            option_format=entry.get("option_format"),
+            trained_on=entry.get("trained_on", ""),
+            joint_build=bool(entry.get("joint_build", False)),
+        )
+    for spec in catalog.values():
+        if spec.trained_on and not (spec.trained_on in catalog and catalog[spec.trained_on].trains):
+            raise DataError(
+                f"{path}: {spec.name}.trained_on: {spec.trained_on!r} is not a dataset with a train split"
+            )
     return catalog
 
 
+@cache
+def catalog() -> dict[str, DatasetSpec]:
+    """The shipped catalog, read once per process."""
+    return load_catalog()
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every dataset, in catalog order."""
+    return tuple(catalog())
+
+
 def dataset_spec(name: str) -> DatasetSpec:
-    catalog = load_catalog()
-    if name not in catalog:
-        raise DataError(f"unknown dataset {name!r} (known: {', '.join(catalog)})")
-    return catalog[name]
+    catalog_ = catalog()
+    if name not in catalog_:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(catalog_)})")
+    return catalog_[name]
 
 
 def result_settings(data: dict, dataset: str) -> dict:

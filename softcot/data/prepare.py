@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-from softcot.config import DATASETS, SCHEMA_PATH, Config
-from softcot.data.datasets import dataset_spec
+from softcot.config import SCHEMA_PATH
+from softcot.data.datasets import dataset_names, dataset_spec
 from softcot.data.schema import check_examples
 from softcot.data.sources import RawFiles
 from softcot.errors import ConfigError
 from softcot.io import write_json_atomic, write_jsonl_atomic
+from softcot.plan import parse_settings
 
 SPLITS = ("train", "test")
 
@@ -42,10 +42,13 @@ def check_settings(dataset: str, settings: dict) -> None:
             raise ConfigError(f"--settings for {dataset}: data.{key}{path}: {error.message}")
 
 
-def prepare(dataset: str, split: str, settings: dict, raw_files: RawFiles, out: Path) -> int:
+def prepare(
+    dataset: str, split: str, settings: dict, raw_files: RawFiles, out: Path, stats: Path | None = None
+) -> int:
     """Build, validate and atomically write one split; return its number of records.
 
-    ASDiv-Aug also writes stats.json (its unusable-problem counts) beside `out`.
+    A loader that reports build statistics (ASDiv-Aug: its unusable-problem counts) writes them to
+    `stats`, when given.
     """
     check_settings(dataset, settings)
     spec = dataset_spec(dataset)
@@ -55,30 +58,30 @@ def prepare(dataset: str, split: str, settings: dict, raw_files: RawFiles, out: 
     for record in loaded.records:
         record["meta"].update(substitute=source.substitute is not None, substitute_reason=source.substitute)
     check_examples(loaded.records, dataset, split, out)
-    if loaded.stats is not None:
-        write_json_atomic(out.parent / "stats.json", loaded.stats)
+    if loaded.stats is not None and stats is not None:
+        write_json_atomic(stats, loaded.stats)
     return write_jsonl_atomic(out, loaded.records)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=dataset_names())
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--out", required=True, type=Path, help="data/prepared/{dataset}/{split}.jsonl")
+    parser.add_argument("--stats", type=Path, help="where a build's statistics go (ASDiv-Aug's stats.json)")
     parser.add_argument(
         "--settings",
-        help="JSON of the dataset's result-affecting `data` settings (default: from params.yaml)",
+        help="JSON of the dataset's result-affecting `data` settings (default: resolved from --params)",
     )
+    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    data = Config.load().raw["data"]
-    if args.settings is None:
-        settings = dataset_spec(args.dataset).result_settings(data)
-    else:
-        try:
-            settings = json.loads(args.settings)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--settings: not valid JSON ({exc})") from exc
-    count = prepare(args.dataset, args.split, settings, RawFiles.from_settings(data), args.out)
+    from softcot.plan import Plan
+
+    plan = Plan.load(args.params)
+    settings = plan.prepare(args.dataset).settings if args.settings is None else parse_settings(args.settings)
+    count = prepare(
+        args.dataset, args.split, settings, RawFiles.from_settings(plan.data_sources()), args.out, args.stats
+    )
     print(f"{args.out}: {count} {args.dataset} {args.split} examples")
     return 0

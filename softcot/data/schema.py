@@ -1,4 +1,4 @@
-"""Validation of prepared examples (design.md section 4), before they are written and when read back.
+"""Validation of prepared examples (docs/design.md section 4), before they are written and when read back.
 
 Training and evaluation trust these files blindly, so every record is checked against
 prepared.schema.yaml plus what a JSON Schema cannot say: the answer is in its canonical form,

@@ -28,10 +28,10 @@ class PromptRenderer:
     """A prompt set rendered for one model: its tokenizer, placeholders, backbone and template.
 
     `model` is a softcot.models LoadedModel (anything with `tokenizer`, `spec`, `placeholder_ids`).
-    `option_format` is params `data.aqua.option_format`, used for every multiple-choice question.
+    `option_format` writes a multiple-choice question's options (None for datasets without options).
     """
 
-    def __init__(self, prompt_set: PromptSet, model: Any, option_format: str):
+    def __init__(self, prompt_set: PromptSet, model: Any, option_format: str | None):
         self.prompt_set = prompt_set
         self.tokenizer = model.tokenizer
         self.spec = model.spec
@@ -70,6 +70,14 @@ class PromptRenderer:
         protocol §4); at n = 0 the thought hint is left out."""
         question = question_text(example, self.option_format)
         content = self.prompt_set.base_content(example["dataset"], question, self.base_slot(n))
+        return self.encode(self.conversation([("user", content)], add_generation_prompt))
+
+    def hinted_ids(
+        self, example: Mapping[str, Any], hint: str, add_generation_prompt: bool = False
+    ) -> list[int]:
+        """The base prompt with `hint` text where the thought slot would be (Zero-Shot Assist-CoT)."""
+        question = question_text(example, self.option_format)
+        content = self.prompt_set.base_content(example["dataset"], question, hint)
         return self.encode(self.conversation([("user", content)], add_generation_prompt))
 
     def assistant_ids(self, example: Mapping[str, Any], n: int) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from softcot.data.datasets import catalog, dataset_spec
 from softcot.errors import ConfigError, DataError
 from softcot.io import sha256_file
 
@@ -47,17 +48,20 @@ def fill(template: str, fields: Mapping[str, object], where: str) -> str:
     return FIELD.sub(replace, template)
 
 
-def question_text(example: Mapping[str, Any], option_format: str) -> str:
+def question_text(example: Mapping[str, Any], option_format: str | None) -> str:
     """The question as the paper's data wrote it: options, if any, appended after a space.
 
-    `option_format` (params data.aqua.option_format) renders one option from `{letter}` and
-    `{text}`; the options are joined with single spaces, in letter order.
+    `option_format` (the dataset's `data.<key>.option_format`) renders one option from `{letter}`
+    and `{text}`; the options are joined with single spaces, in letter order.
     """
     options = example.get("options")
     if not options:
         return example["question"]
-    if "{letter}" not in option_format or "{text}" not in option_format:
-        raise ConfigError(f"data.aqua.option_format: {option_format!r} must contain {{letter}} and {{text}}")
+    if option_format is None or "{letter}" not in option_format or "{text}" not in option_format:
+        raise ConfigError(
+            f"{example.get('dataset', 'a dataset with options')}: option_format {option_format!r} "
+            "must contain {letter} and {text}"
+        )
     rendered = [
         option_format.replace("{letter}", letter).replace("{text}", text)
         for letter, text in sorted(options.items())
@@ -88,14 +92,12 @@ class PromptSet:
     name: str
     path: Path
     sha256: str
-    datasets: dict[str, str]
     plain_format: dict[str, str]
     families: dict[str, Family]
 
     def family(self, dataset: str) -> Family:
-        if dataset not in self.datasets:
-            raise PromptError(f"{self.path}: datasets: no prompt family for dataset {dataset!r}")
-        return self.families[self.datasets[dataset]]
+        """The family the dataset catalog assigns to `dataset`."""
+        return self.families[dataset_spec(dataset).prompt_family]
 
     def base_content(self, dataset: str, question: str, slot: str | None) -> str:
         """The base model's user turn; `slot` is BOT + N x UNK + EOT, or None for no thoughts (N = 0)."""
@@ -224,6 +226,11 @@ def _family(name: str, raw: Any, where: str) -> Family:
     )
 
 
+def prompt_set_names(directory: str | Path = PROMPTS_DIR) -> tuple[str, ...]:
+    """The prompt sets that exist (softcot/prompts/*.yaml)."""
+    return tuple(sorted(p.stem for p in Path(directory).glob("*.yaml")))
+
+
 def load_prompt_set(name: str, directory: str | Path = PROMPTS_DIR) -> PromptSet:
     """Load and validate softcot/prompts/{name}.yaml (params `train.prompt_set` / `eval.prompt_set`)."""
     path = Path(directory) / f"{name}.yaml"
@@ -235,7 +242,6 @@ def load_prompt_set(name: str, directory: str | Path = PROMPTS_DIR) -> PromptSet
     except yaml.YAMLError as exc:
         raise PromptError(f"{path}: not valid YAML ({exc})") from exc
     where = str(path)
-    datasets = _require(raw, "datasets", dict, where)
     families_raw = _require(raw, "families", dict, where)
     plain = _require(raw, "plain_format", dict, where)
     for key in ("user", "assistant", "generation_prompt"):
@@ -247,14 +253,16 @@ def load_prompt_set(name: str, directory: str | Path = PROMPTS_DIR) -> PromptSet
     if not plain["assistant"].endswith("{{content}}"):
         raise PromptError(f"{where}: plain_format.assistant must end with {{{{content}}}}")
     families = {name: _family(name, body, f"{where}: families.{name}") for name, body in families_raw.items()}
-    for dataset, family in datasets.items():
-        if family not in families:
-            raise PromptError(f"{where}: datasets.{dataset}: unknown family {family!r}")
+    for spec in catalog().values():
+        if spec.prompt_family not in families:
+            raise PromptError(
+                f"{where}: families: no family {spec.prompt_family!r}, which dataset {spec.name!r} uses "
+                "(prompt_family in softcot/data/datasets.yaml)"
+            )
     return PromptSet(
         name=name,
         path=path,
         sha256=sha256_file(path),
-        datasets=dict(datasets),
         plain_format=dict(plain),
         families=families,
     )

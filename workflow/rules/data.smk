@@ -3,14 +3,14 @@
 # so editing e.g. data.asdiv_aug reruns ASDiv-Aug and nothing else. The mirror is no param: every
 # file it supplies is verified against its pinned hash, so it cannot change a result.
 
+
 rule prepare_split:
     output:
         "data/prepared/{dataset}/{split}.jsonl",
     wildcard_constraints:
-        # ASDiv-Aug's two splits come from one build (rule prepare_asdiv_aug).
-        dataset="gsm8k|aqua|strategyqa|date",
+        dataset=one_of(datasets_built_per_split()),
     params:
-        settings=data_settings,
+        settings=prepare_settings,
     conda:
         "../envs/softcot.yaml"
     log:
@@ -25,23 +25,27 @@ rule prepare_split:
         " --settings {params.settings:q} > {log} 2>&1"
 
 
-rule prepare_asdiv_aug:
+# Datasets whose one build writes both splits (catalog: joint_build), e.g. ASDiv-Aug.
+rule prepare_joint:
     output:
-        train="data/prepared/asdiv-aug/train.jsonl",
-        test="data/prepared/asdiv-aug/test.jsonl",
-        stats="data/prepared/asdiv-aug/stats.json",
+        train="data/prepared/{dataset}/train.jsonl",
+        test="data/prepared/{dataset}/test.jsonl",
+        stats="data/prepared/{dataset}/stats.json",
+    wildcard_constraints:
+        dataset=one_of(datasets_built_jointly()),
     params:
-        settings=as_json(result_settings(CFG.raw["data"], "asdiv-aug")),
+        settings=prepare_settings,
     conda:
         "../envs/softcot.yaml"
     log:
-        "logs/data/asdiv-aug/train+test.log",
+        "logs/data/{dataset}/train+test.log",
     benchmark:
-        "logs/data/asdiv-aug/train+test.bench.tsv"
+        "logs/data/{dataset}/train+test.bench.tsv"
     resources:
         mem_mb=2000,
         runtime=15,
     shell:
-        "(softcot prepare --dataset asdiv-aug --split train --out {output.train} --settings {params.settings:q}"
-        " && softcot prepare --dataset asdiv-aug --split test --out {output.test} --settings {params.settings:q})"
-        " > {log} 2>&1"
+        "(softcot prepare --dataset {wildcards.dataset} --split train --out {output.train}"
+        " --stats {output.stats} --settings {params.settings:q}"
+        " && softcot prepare --dataset {wildcards.dataset} --split test --out {output.test}"
+        " --stats {output.stats} --settings {params.settings:q}) > {log} 2>&1"

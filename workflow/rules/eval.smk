@@ -1,23 +1,21 @@
 # Evaluation: one job per (pair, dataset, method) writes one prediction file per seed, so the
-# seeds of an example share generation batches.
+# seeds of an example share generation batches. `params.settings` holds exactly what the method
+# reads that can change its predictions; the batch size cannot, so it travels as a resource.
 
 
 rule evaluate:
     input:
-        unpack(eval_inputs),
+        unpack(lambda wildcards: eval_step(wildcards).inputs),
     output:
-        predictions=[
-            f"results/predictions/{{pair}}/{{dataset}}/{{method}}/seed{seed}.jsonl" for seed in CFG.seeds
-        ],
+        predictions=[f"results/predictions/{{pair}}/{{dataset}}/{{method}}/seed{seed}.jsonl" for seed in PLAN.seeds],
         metrics=[
-            f"results/predictions/{{pair}}/{{dataset}}/{{method}}/seed{seed}.metrics.json"
-            for seed in CFG.seeds
+            f"results/predictions/{{pair}}/{{dataset}}/{{method}}/seed{seed}.metrics.json" for seed in PLAN.seeds
         ],
     params:
-        settings=lambda wildcards: as_json(CFG.eval_settings(wildcards.method)),
-        pair_models=pair_models,
-        option_format=option_format,
-        projector=projector_argument,
+        settings=lambda wildcards: eval_step(wildcards).settings_json,
+        artefact=artefact_argument,
+        # Where redirected models load from; it cannot change a prediction (the revision is checked).
+        local=lambda wildcards: PLAN.local_path_arguments(list(eval_step(wildcards).settings["pair"].values())),
     conda:
         "../envs/softcot.yaml"
     log:
@@ -29,9 +27,9 @@ rule evaluate:
         mem_mb=16000,
         runtime=120,
         gpu=GPU_PER_JOB,
+        batch_size=lambda wildcards: eval_step(wildcards).runtime["batch_size"],
     shell:
         "softcot evaluate --pair {wildcards.pair} --dataset {wildcards.dataset} --method {wildcards.method}"
-        " --settings {params.settings:q} --pair-models {params.pair_models:q}"
-        " --option-format {params.option_format:q} --test {input.test}"
-        " --models-dir results/models {params.projector} --threads {threads}"
-        " --out-dir results/predictions/{wildcards.pair}/{wildcards.dataset}/{wildcards.method} 2> {log}"
+        " --settings {params.settings:q} --test {input.test} --models-dir results/models {params.artefact}"
+        " --predictions {output.predictions} --metrics {output.metrics}"
+        " --batch-size {resources.batch_size} --threads {threads} {params.local} 2> {log}"

@@ -4,9 +4,12 @@
 
 rule materialize:
     output:
-        directory("results/models/{model}"),
+        # The manifest stands for the folder: it is written last, and common.smk deletes the
+        # manifest of a folder whose files are missing or truncated, so that folder is rebuilt.
+        f"results/models/{{model}}/{MANIFEST_NAME}",
     params:
         spec=model_spec_json,
+        local=lambda wildcards: PLAN.local_path_arguments([wildcards.model]),
     conda:
         "../envs/softcot.yaml"
     log:
@@ -18,4 +21,4 @@ rule materialize:
         mem_mb=4000,
         runtime=materialize_runtime,
     shell:
-        "softcot materialize {wildcards.model} --models-dir results/models > {log} 2>&1"
+        "softcot materialize {wildcards.model} --models-dir results/models {params.local} > {log} 2>&1"

@@ -1,17 +1,19 @@
 # Tables: one job per table reads every prediction file of its rows and writes reports/{table}.*
-# (md for people, csv for machines, json metrics for DVC, and a png when rows have an `x`).
+# (md for people, csv for machines, json metrics for DVC, and a png plot).
+
 
 rule table:
     input:
-        table_inputs,
+        unpack(lambda wildcards: PLAN.table(wildcards.table).inputs),
     output:
         md="reports/{table}.md",
         csv="reports/{table}.csv",
         json="reports/{table}.json",
+        png="reports/{table}.png",
     wildcard_constraints:
-        table=one_of([name for name in CFG.table_names() if name not in PLOT_TABLES]),
+        table=one_of(PLAN.table_names()),
     params:
-        spec=lambda wildcards: as_json(table_spec(CFG, wildcards.table)),
+        spec=lambda wildcards: PLAN.table(wildcards.table).settings_json,
     conda:
         "../envs/softcot.yaml"
     log:
@@ -23,14 +25,5 @@ rule table:
         runtime=10,
     shell:
         "softcot table --table {wildcards.table} --settings {params.spec:q}"
-        f" --predictions {PREDICTIONS} --prepared data/prepared --out-dir reports > {{log}} 2>&1"
-
-
-use rule table as table_with_plot with:
-    output:
-        md="reports/{table}.md",
-        csv="reports/{table}.csv",
-        json="reports/{table}.json",
-        png="reports/{table}.png",
-    wildcard_constraints:
-        table=one_of(PLOT_TABLES),
+        " --predictions results/predictions --prepared data/prepared"
+        " --md {output.md} --csv {output.csv} --json {output.json} --png {output.png} > {log} 2>&1"

@@ -1,0 +1,110 @@
+"""The interface every method family implements, so the drivers never branch on a method's name.
+
+A method answers three questions: what it needs (the assistant? a trained artefact?), which
+settings can change its outputs (so Snakemake reruns exactly its jobs when one changes), and
+how it builds the base model's inputs for a batch of evaluation rows. A method that trains an
+artefact also says how it trains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from softcot.prompts import locate_assistant_slots
+from softcot.thoughts import right_pad
+
+if TYPE_CHECKING:
+    from softcot.evaluate import Job, Row
+
+# Evaluation settings every generating method reads: each can change a prediction file.
+GENERATION_KEYS = (
+    "prompt_set",
+    "seeds",
+    "samples",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "penalty_scope",
+    "max_new_tokens",
+    "greedy",
+    "add_generation_prompt",
+    "extractor",
+    "vote",
+    "limit",
+)
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """What a method trains per (pair, dataset): its name and the files it writes.
+
+    The files live in results/{name}s/{pair}/{dataset}/: `{name}.safetensors` (the checkpoint)
+    and `{name}.json` (the training record); resume and logging files go beside them.
+    """
+
+    name: str
+
+    def files(self, pair: str, dataset: str) -> dict[str, str]:
+        directory = f"results/{self.name}s/{pair}/{dataset}"
+        return {
+            "checkpoint": f"{directory}/{self.name}.safetensors",
+            "record": f"{directory}/{self.name}.json",
+        }
+
+
+class Method:
+    """A method family. Subclasses set the class attributes and override the hooks they need."""
+
+    kind: ClassVar[str]
+    uses_assistant: ClassVar[bool] = False
+    artefact: ClassVar[Artefact | None] = None
+    # Evaluation settings read beyond GENERATION_KEYS.
+    extra_eval_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def eval_keys(cls) -> tuple[str, ...]:
+        return GENERATION_KEYS + cls.extra_eval_keys
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def load_artefact(self, job: Job, path: Path) -> None:
+        """Load the trained artefact into `job` (only methods with an artefact)."""
+        raise NotImplementedError(f"method {self.kind!r} has no trained artefact")
+
+    def base_prompts(self, job: Job) -> list[list[int]]:
+        """The base model's prompt ids per example."""
+        raise NotImplementedError
+
+    def prepare(self, job: Job) -> None:
+        """Per-example work shared by every seed and sample (e.g. soft thoughts), done once."""
+
+    def input_embeddings(
+        self, job: Job, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The base model's input embeddings for a left-padded batch; None: the plain token ids."""
+        return None
+
+    def fingerprint_tensors(self, job: Job) -> list[torch.Tensor]:
+        """Tensors besides settings and prompts that decide the outputs (a resume must match them)."""
+        return []
+
+    # --- training -----------------------------------------------------------------------------
+    def train(self, context: Any) -> dict[str, Any]:
+        """Train the artefact and write its files; return the training record."""
+        raise NotImplementedError(f"method {self.kind!r} trains nothing")
+
+
+def assistant_inputs(
+    job: Job, indices: Sequence[int], n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded assistant prompts of some examples and the start of each one's N x UNK slot."""
+    sequences = [job.assistant_renderer.assistant_ids(job.examples[i], n) for i in indices]
+    ids, mask = right_pad(sequences, job.assistant.pad_id)
+    example_ids = [job.examples[i]["id"] for i in indices]
+    starts = locate_assistant_slots(ids, mask, job.assistant.placeholder_ids, n, example_ids)
+    return ids, mask, starts
