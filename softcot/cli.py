@@ -19,7 +19,13 @@ COMMANDS = {
     "verify": ("softcot.models.verify", "check materialized model directories against their manifests"),
     "train": ("softcot.train", "train the soft-thought projection of a model pair on a dataset"),
     "evaluate": ("softcot.evaluate", "evaluate a method of a model pair on a dataset for every seed"),
+    "merge": ("softcot.shards", "merge a sharded evaluation's shards into per-seed prediction files"),
+    "import-projector": ("softcot.import_projector", "convert the authors' projection.bin into a checkpoint"),
     "table": ("softcot.report", "build a significance-tested table from prediction files"),
+    "probe": (
+        "softcot.probe",
+        "the thought probe: held-out likelihood of the gold target under six conditions",
+    ),
 }
 
 

@@ -97,9 +97,18 @@ def _cross_references(raw: dict) -> list[str]:
     for name in raw["models"]["local_paths"]:
         if name not in model_names():
             problems.append(f"models.local_paths.{name}: not a registered model ({', '.join(model_names())})")
-    problem = _format_problem("data.aqua.option_format", raw["data"]["aqua"]["option_format"])
-    if problem:
-        problems.append(problem)
+    for where, data in [("data", raw["data"])] + [
+        (f"presets.{name}.data", preset.get("data", {})) for name, preset in raw["presets"].items()
+    ]:
+        for key, value in data.items():
+            if isinstance(value, dict) and "option_format" in value:
+                problem = _format_problem(f"{where}.{key}.option_format", value["option_format"])
+                if problem:
+                    problems.append(problem)
+    for name, preset in raw["presets"].items():
+        for method in preset.get("methods", {}):
+            if method not in raw["methods"]:
+                problems.append(f"presets.{name}.methods.{method}: not a method (defined in `methods`)")
     for name, method in raw["methods"].items():
         if "seeds" in method:
             problems.append(f"methods.{name}.seeds: seeds are shared by all methods; set eval.seeds")
@@ -108,6 +117,14 @@ def _cross_references(raw: dict) -> list[str]:
                 f"methods.{name}.kind: unknown kind {method['kind']!r} (known: {', '.join(kinds)})"
             )
             continue
+        for preset_name, preset in raw["presets"].items():
+            merged = deep_merge(deep_merge(raw["eval"], preset.get("eval", {})), method)
+            merged = deep_merge(merged, preset.get("methods", {}).get(name, {}))
+            for key in sorted(set(method_class(method["kind"]).eval_keys()) - set(merged) - {"samples"}):
+                problems.append(
+                    f"methods.{name}.{key}: method kind {method['kind']!r} reads {key!r}, which neither "
+                    f"the method nor `eval` sets (preset {preset_name!r})"
+                )
         if "num_thought_tokens" in method_class(method["kind"]).eval_keys():
             for preset_name, preset in raw["presets"].items():
                 merged = deep_merge(deep_merge(raw["eval"], preset.get("eval", {})), method)
@@ -137,6 +154,55 @@ def _cross_references(raw: dict) -> list[str]:
         for i, row in enumerate(table["rows"]):
             if row["method"] not in raw["methods"]:
                 problems.append(f"tables.{name}.rows[{i}].method: unknown method {row['method']!r}")
+    return problems + _probe_problems(raw) + _train_section_problems(raw)
+
+
+def _train_section_problems(raw: dict) -> list[str]:
+    """An artefact's own train section (`train.lora`, ...) may hold only keys its training reads."""
+    from softcot.methods import artefacts
+
+    sections = [("train", raw["train"])] + [
+        (f"presets.{name}.train", preset.get("train", {})) for name, preset in raw["presets"].items()
+    ]
+    problems = []
+    for where, train in sections:
+        for name, (_, trainer) in artefacts().items():
+            if name not in train:
+                continue
+            if trainer.train_keys is None:
+                problems.append(f"{where}.{name}: artefact {name!r} has no section of its own")
+                continue
+            for key in sorted(set(train[name]) - set(trainer.train_keys)):
+                problems.append(f"{where}.{name}.{key}: the {name} training does not read {key!r}")
+    return problems
+
+
+def _probe_problems(raw: dict) -> list[str]:
+    """The thought probe's names: per preset (its overrides merged), a pair role the preset
+    defines and datasets with a training split (the probe trains its own projector)."""
+    from softcot.data.datasets import dataset_spec
+
+    probe = raw["probe"]
+    problems = [
+        f"probe.presets.{name}: not a preset (defined: {', '.join(raw['presets'])})"
+        for name in probe.get("presets", {})
+        if name not in raw["presets"]
+    ]
+    for name, preset in raw["presets"].items():
+        merged = deep_merge(probe, probe.get("presets", {}).get(name, {}))
+        if merged["pair"] not in preset["roles"]:
+            problems.append(
+                f"probe.pair: role {merged['pair']!r} is not defined by preset {name!r} "
+                f"(roles: {', '.join(sorted(preset['roles']))})"
+            )
+        for dataset in merged["datasets"]:
+            if dataset not in dataset_names():
+                problems.append(f"probe.datasets: unknown dataset {dataset!r} under preset {name!r}")
+            elif not dataset_spec(dataset).trains:
+                problems.append(
+                    f"probe.datasets: {dataset!r} has no training split to train the probe's projector "
+                    f"on (preset {name!r})"
+                )
     return problems
 
 
@@ -184,20 +250,37 @@ class Config:
         return sorted({m for pair in self.pairs.values() for m in (pair["assistant"], pair["base"])})
 
     # --- settings ---------------------------------------------------------------------
-    def train_settings(self) -> dict[str, Any]:
-        return deep_merge(self.raw["train"], self.preset.get("train", {}))
+    def train_settings(self, artefact: str | None = None) -> dict[str, Any]:
+        """The train section with the preset's merged in. A section named after a trained artefact
+        (`train.lora`, `train.coconut`) belongs to that artefact alone: it is left out, except for
+        `artefact`, whose section is merged over the common keys (it may override them)."""
+        from softcot.methods import artefacts
+
+        merged = deep_merge(self.raw["train"], self.preset.get("train", {}))
+        sections = {name: merged.pop(name) for name in artefacts() if name in merged}
+        return deep_merge(merged, sections.get(artefact, {})) if artefact else merged
 
     @property
     def seeds(self) -> list[int]:
         """Evaluation seeds; one evaluation job writes one prediction file per seed."""
         return deep_merge(self.raw["eval"], self.preset.get("eval", {}))["seeds"]
 
+    def data_settings(self) -> dict[str, Any]:
+        """The data section with the active preset's `data` merged in (the paper preset: variant paper)."""
+        return deep_merge(self.raw["data"], self.preset.get("data", {}))
+
+    def preset_eval(self) -> dict[str, Any]:
+        """The eval section with the active preset's values merged in (no method's)."""
+        return deep_merge(self.raw["eval"], self.preset.get("eval", {}))
+
     def eval_settings(self, method: str) -> dict[str, Any]:
-        """Protocol defaults, then the preset's, then the method's own keys (`kind` included)."""
+        """Protocol defaults, then the preset's, then the method's own keys (`kind` included), then
+        the preset's keys for that method (`presets.<preset>.methods.<method>`)."""
         if method not in self.raw["methods"]:
             raise ConfigError(f"unknown method {method!r} (defined: {', '.join(self.raw['methods'])})")
         settings = deep_merge(self.raw["eval"], self.preset.get("eval", {}))
         settings = deep_merge(settings, self.raw["methods"][method])
+        settings = deep_merge(settings, self.preset.get("methods", {}).get(method, {}))
         settings.setdefault("samples", 1)
         return settings
 

@@ -8,7 +8,9 @@ thoughts) is the method's business (softcot.methods); this driver batches, sampl
 votes and writes.
 
 Completed batches are appended to a partial file, so an interrupted job resumes after the last
-completed batch; the final prediction files appear atomically.
+completed batch; the final prediction files appear atomically. A sharded evaluation runs one job
+per shard of examples (`--shard K/N --rows FILE`, each with its own partial file) and `softcot
+merge` writes the prediction files (softcot.shards); both end in softcot.records.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,39 +29,39 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from softcot.answers import extract_answer, is_correct
 from softcot.data.schema import read_prepared
 from softcot.errors import ConfigError
 from softcot.generate import SamplingConfig, generate, left_pad, row_seed
-from softcot.io import dumps_jsonl_record, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from softcot.io import dumps_jsonl_record, write_text_atomic
 from softcot.methods import Method, method_class
+from softcot.models.registry import add_local_path_argument
 from softcot.plan import Plan, check_keys, eval_setting_keys, parse_settings
 from softcot.prompts import PromptRenderer, load_prompt_set
-from softcot.voting import vote
+from softcot.records import (
+    Evaluation,
+    Row,
+    all_rows,
+    check_outputs,
+    seed_metrics,
+    seed_records,
+    write_seed_files,
+)
+from softcot.resources import CPU_BATCH_SIZE, architecture_of, auto_batch_size, parse_batch_size
+from softcot.shards import parse_shard, shard_bounds, write_rows
+
+__all__ = ["Job", "Row", "all_rows", "evaluate", "evaluate_shard", "seed_metrics", "seed_records"]
 
 PARTIAL_NAME = ".partial.jsonl"
 
 
-@dataclass(frozen=True)
-class Row:
-    example: int  # index into the job's examples
-    seed: int
-    sample: int
-
-
 @dataclass
-class Job:
-    """Everything one evaluation needs, loaded once."""
+class Job(Evaluation):
+    """Everything one evaluation needs, loaded once (the Evaluation's fields come first)."""
 
-    pair: str
-    dataset: str
-    method_name: str
-    settings: dict[str, Any]
-    examples: list[dict]
     base: Any  # softcot.models.LoadedModel
     base_renderer: PromptRenderer
     method: Method
-    batch_size: int  # rows per generation batch; cannot change an output
+    batch_size: int | None  # rows per generation batch, None = auto; cannot change an output
     assistant: Any | None = None
     assistant_renderer: PromptRenderer | None = None
     artefact: Any | None = None  # the method's trained artefact (e.g. the projector)
@@ -71,18 +74,31 @@ class Job:
     def example_ids(self) -> list[str]:
         return [example["id"] for example in self.examples]
 
+    def rows_per_batch(self, model: Any, prompt_tokens: int, new_tokens: int, rows: int) -> int:
+        """The batch size, or with `auto` (None) the largest batch of rows of `prompt_tokens` +
+        `new_tokens` whose KV cache fits `model`'s device now; the choice is logged."""
+        if self.batch_size is not None:
+            return self.batch_size
+        device = next(model.model.parameters()).device
+        if device.type != "cuda":
+            size, why = CPU_BATCH_SIZE, f"on {device.type}, the default"
+        else:
+            free, total = torch.cuda.mem_get_info(device)
+            itemsize = next(model.model.parameters()).dtype.itemsize
+            size = auto_batch_size(
+                architecture_of(model.model.config), itemsize, prompt_tokens, new_tokens, free, total, rows
+            )
+            why = (
+                f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free on {device}, "
+                f"{prompt_tokens} + {new_tokens} tokens per row"
+            )
+        print(
+            f"softcot evaluate: batch size auto -> {size} rows for {model.spec.name} ({why})", file=sys.stderr
+        )
+        return size
+
 
 # --- rows and batches ----------------------------------------------------------------------------
-def all_rows(job: Job) -> list[Row]:
-    samples = int(job.settings["samples"])
-    return [
-        Row(example, seed, sample)
-        for example in range(len(job.examples))
-        for seed in job.settings["seeds"]
-        for sample in range(samples)
-    ]
-
-
 def batches(rows: list[Row], prompt_lengths: list[int], batch_size: int) -> list[list[Row]]:
     """Rows grouped by similar prompt length, longest first, so padding stays small and memory
     peaks in the first batch rather than late in a long run."""
@@ -95,7 +111,8 @@ def run_batch(job: Job, rows: list[Row], prompts: list[list[int]], config: Sampl
     device = base.model.device
     ids, mask = left_pad([prompts[r.example] for r in rows], base.pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    embeds = job.method.input_embeddings(job, rows, ids, mask)
+    with torch.no_grad():  # the projection and the splice keep no autograd graph at evaluation
+        embeds = job.method.input_embeddings(job, rows, ids, mask)
     seeds = [row_seed(r.seed, job.examples[r.example]["id"], r.sample) for r in rows]
     return generate(base.model, ids, mask, seeds, config, base.stop_ids, base.pad_id, inputs_embeds=embeds)
 
@@ -140,68 +157,13 @@ def load_partial(path: Path, fingerprint: str) -> dict[Row, dict]:
     return {record.pop("_row"): record for record in records[1:]}
 
 
-# --- records -------------------------------------------------------------------------------------
-def seed_records(job: Job, seed: int, done: dict[Row, dict]) -> list[dict]:
-    """One prediction record per example for one seed (docs/design.md §4), votes for k > 1 samples."""
-    extractor, samples = job.settings["extractor"], int(job.settings["samples"])
-    records = []
-    for index, example in enumerate(job.examples):
-        generations = [done[Row(index, seed, s)] for s in range(samples)]
-        answers = [extract_answer(job.dataset, g["output"], extractor) for g in generations]
-        prediction = answers[0] if samples == 1 else vote(answers, job.settings["vote"])
-        record = {
-            "id": example["id"],
-            "dataset": job.dataset,
-            "pair": job.pair,
-            "method": job.method_name,
-            "seed": seed,
-            "output": generations[0]["output"],
-            "prediction": prediction,
-            "gold": example["answer"],
-            "correct": is_correct(job.dataset, prediction, example["answer"], extractor),
-            "generated_tokens": sum(g["num_tokens"] for g in generations),
-        }
-        if samples > 1:
-            record["samples"] = answers
-            record["outputs"] = [g["output"] for g in generations]
-        records.append(record)
-    return records
-
-
-def seed_metrics(job: Job, seed: int, records: list[dict], tokens_per_second: float) -> dict:
-    n = len(records)
-    return {
-        "pair": job.pair,
-        "dataset": job.dataset,
-        "method": job.method_name,
-        "seed": seed,
-        "n": n,
-        "correct": sum(r["correct"] for r in records),
-        "accuracy": sum(r["correct"] for r in records) / n,
-        "extraction_failures": sum(r["prediction"] is None for r in records),
-        "mean_generated_tokens": sum(r["generated_tokens"] for r in records) / n,
-        "tokens_per_second": tokens_per_second,
-        "extractor": job.settings["extractor"],
-        "vote": job.settings["vote"],
-        "settings": job.settings,
-    }
-
-
-def evaluate(job: Job, predictions: list[Path], metrics: list[Path]) -> list[Path]:
-    """Generate every row not already done, then write each seed's prediction and metrics file
-    (predictions[i] and metrics[i] belong to settings["seeds"][i])."""
-    seeds = job.settings["seeds"]
-    if not len(predictions) == len(metrics) == len(seeds):
-        raise ConfigError(
-            f"{len(seeds)} seeds need as many prediction and metrics files "
-            f"(got {len(predictions)} and {len(metrics)})"
-        )
-    out_dir = predictions[0].parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+# --- generation ----------------------------------------------------------------------------------
+def generate_rows(job: Job, partial: Path) -> tuple[dict[Row, dict], int, float]:
+    """Generate every row of the job not already in the partial file (appending each finished batch
+    to it); return every row's generation, and the tokens and seconds of this run's generation."""
     prompts = job.method.base_prompts(job)
     job.method.prepare(job)
     config = SamplingConfig.from_settings(job.settings, dataclasses.asdict(job.base.spec.generation))
-    partial = out_dir / PARTIAL_NAME
     fingerprint = job_fingerprint(job, prompts)
     done = load_partial(partial, fingerprint)
     # Rewritten from what was read, so a dropped torn line never stays in the log.
@@ -210,11 +172,14 @@ def evaluate(job: Job, predictions: list[Path], metrics: list[Path]) -> list[Pat
     todo = [row for row in all_rows(job) if row not in done]
     lengths = [len(p) for p in prompts]
     new_tokens, seconds = 0, 0.0
+    if not todo:
+        return done, new_tokens, seconds
+    batch_size = job.rows_per_batch(job.base, max(lengths), config.max_new_tokens, len(todo))
     with (
         partial.open("a", encoding="utf-8") as log,
         tqdm(total=len(todo), desc=f"{job.method_name} {job.dataset}", unit="row") as progress,
     ):
-        for rows in batches(todo, lengths, job.batch_size):
+        for rows in batches(todo, lengths, batch_size):
             start = time.perf_counter()
             outputs = run_batch(job, rows, prompts, config)
             seconds += time.perf_counter() - start
@@ -233,13 +198,35 @@ def evaluate(job: Job, predictions: list[Path], metrics: list[Path]) -> list[Pat
                 new_tokens += out.num_tokens
             log.flush()
             progress.update(len(rows))
-    tokens_per_second = new_tokens / seconds if seconds else 0.0
-    for seed, prediction_path, metrics_path in zip(seeds, predictions, metrics, strict=True):
-        records = seed_records(job, seed, done)
-        write_jsonl_atomic(prediction_path, records)
-        write_json_atomic(metrics_path, seed_metrics(job, seed, records, tokens_per_second))
+    return done, new_tokens, seconds
+
+
+def evaluate(job: Job, predictions: list[Path], metrics: list[Path]) -> list[Path]:
+    """Generate every row not already done, then write each seed's prediction and metrics file
+    (predictions[i] and metrics[i] belong to settings["seeds"][i])."""
+    check_outputs(job, predictions, metrics)
+    out_dir = predictions[0].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / PARTIAL_NAME
+    done, new_tokens, seconds = generate_rows(job, partial)
+    write_seed_files(job, done, new_tokens / seconds if seconds else 0.0, predictions, metrics)
     partial.unlink()
     return predictions
+
+
+def shard_partial(rows_file: Path) -> Path:
+    """A shard's own partial file, beside its rows file: shards of one evaluation never share one."""
+    return rows_file.with_name(f".{rows_file.stem}.partial.jsonl")
+
+
+def evaluate_shard(job: Job, rows_file: Path, shard: int, shards: int) -> Path:
+    """Generate the rows of one shard (job.examples is that shard's slice) into `rows_file`."""
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = shard_partial(rows_file)
+    done, new_tokens, seconds = generate_rows(job, partial) if job.examples else ({}, 0, 0.0)
+    write_rows(rows_file, job, shard, shards, done, new_tokens, seconds)
+    partial.unlink(missing_ok=True)
+    return rows_file
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -257,34 +244,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models-dir", default="results/models", help="materialized models (default: %(default)s)"
     )
     parser.add_argument("--artefact", help="the method's trained artefact, e.g. a projector checkpoint")
+    parser.add_argument("--predictions", nargs="+", help="one prediction file per seed, in the seeds' order")
+    parser.add_argument("--metrics", nargs="+", help="one metrics file per seed, likewise")
     parser.add_argument(
-        "--predictions", nargs="+", required=True, help="one prediction file per seed, in the seeds' order"
+        "--shard",
+        metavar="K/N",
+        help="evaluate only shard K of N of the examples into --rows (then `softcot merge` the N shards)",
     )
-    parser.add_argument("--metrics", nargs="+", required=True, help="one metrics file per seed, likewise")
     parser.add_argument(
-        "--batch-size", type=int, help="rows per generation batch (default: params eval.batch_size)"
+        "--rows", help="the shard's rows file (with --shard, instead of --predictions/--metrics)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        help="rows per generation batch, or auto: the largest that fits the GPU's free memory "
+        "(default: params eval.batch_size)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument(
-        "--local-path",
-        action="append",
-        default=[],
-        metavar="MODEL=DIR",
-        help="load MODEL as materialized from a pre-downloaded directory (params models.local_paths)",
-    )
+    add_local_path_argument(parser)
 
 
-def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    """(the step's settings, batch size): from the arguments, else resolved from params.yaml."""
-    step = None
-    if args.settings is None or args.batch_size is None:
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], int | None]:
+    """(the step's settings, batch size or None for auto): from the arguments, else params.yaml."""
+    if args.settings is None:
         step = Plan.load(args.params).evaluate(args.pair, args.dataset, args.method)
-    settings = parse_settings(args.settings) if args.settings is not None else step.settings
+        settings, batch_size = step.settings, step.runtime["batch_size"]
+    else:
+        settings = parse_settings(args.settings)
+        batch_size = args.batch_size if args.batch_size is not None else Plan.load(args.params).batch_size
+    if args.batch_size is not None:
+        batch_size = args.batch_size
     check_keys(settings, eval_setting_keys(str(settings.get("kind"))), "--settings")
-    batch_size = args.batch_size if args.batch_size is not None else step.runtime["batch_size"]
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    return settings, batch_size
+    return settings, parse_batch_size(batch_size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
     from softcot.models.registry import parse_local_paths
 
     settings, batch_size = _settings(args)
+    if (args.shard is None) != (args.rows is None) or (args.shard is None) != bool(args.predictions):
+        raise ConfigError("pass either --predictions and --metrics, or --shard K/N and --rows")
     method = method_class(settings["kind"])()
     if method.artefact is not None and args.artefact is None:
         raise ConfigError(f"method {args.method!r} needs its trained {method.artefact.name}: pass --artefact")
@@ -300,6 +292,22 @@ def run(args: argparse.Namespace) -> int:
     examples = read_prepared(Path(args.test))
     if settings.get("limit"):
         examples = examples[: int(settings["limit"])]
+    if args.shard is not None:
+        shard, shards = parse_shard(args.shard)
+        lo, hi = shard_bounds(len(examples), shard, shards)
+        examples = examples[lo:hi]
+        if not examples:  # more shards than examples: nothing to generate, no model to load
+            write_rows(
+                Path(args.rows),
+                Evaluation(args.pair, args.dataset, args.method, settings, []),
+                shard,
+                shards,
+                {},
+                0,
+                0.0,
+            )
+            print(args.rows)
+            return 0
     prompt_set = load_prompt_set(settings["prompt_set"])
     models = settings["pair"]
     local_paths = parse_local_paths(args.local_path)
@@ -324,6 +332,9 @@ def run(args: argparse.Namespace) -> int:
         job.assistant_renderer = PromptRenderer(prompt_set, job.assistant, option_format)
     if method.artefact is not None:
         method.load_artefact(job, Path(args.artefact))
+    if args.shard is not None:
+        print(evaluate_shard(job, Path(args.rows), shard, shards))
+        return 0
     for path in evaluate(job, [Path(p) for p in args.predictions], [Path(p) for p in args.metrics]):
         print(path)
     return 0

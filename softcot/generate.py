@@ -166,6 +166,11 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
+# A batch drops its finished rows (copying their KV cache out) once this share of them is done, so
+# the copies happen a few times per batch (about 3.5 x ln(batch) at most), never at every step.
+COMPACT_WHEN_DONE = 1 / 4
+
+
 @torch.inference_mode()
 def generate(
     model: torch.nn.Module,
@@ -182,16 +187,21 @@ def generate(
 
     `inputs_embeds` [B, L, D], when given, replaces the prompt's embeddings in the first forward
     pass (SoftCoT's spliced thoughts); `input_ids` still feed the repetition penalty when
-    `config.penalty_scope` is "prompt_and_generated" (padding excluded). Rows that
-    emit a stop token leave the batch (their cache rows are dropped), so a long straggler does
-    not make finished rows cost compute; decoding ends when every row is done.
+    `config.penalty_scope` is "prompt_and_generated" (padding excluded). Decoding ends when every
+    row has emitted a stop token or max_new_tokens.
+
+    On a GPU a step reads the device once: the finished flags (one small copy). Every uniform a
+    row can need is drawn up front from its own generator (the same stream as one draw per step)
+    and copied to the device once; counts and stop flags are kept on the device. A finished row
+    stays in the batch, fed padding, until COMPACT_WHEN_DONE of the rows are finished; then they
+    leave it together (their cache rows are dropped in one copy).
     """
     _check_batch(input_ids, attention_mask, row_seeds, inputs_embeds)
     batch, prompt_len = input_ids.shape
     device = input_ids.device
-    generators = [torch.Generator().manual_seed(seed) for seed in row_seeds]
     stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     max_new = config.max_new_tokens
+    uniforms = None if config.greedy else _to_device(_uniform_table(row_seeds, max_new), device)
 
     mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new)], dim=1)
     next_position = attention_mask.sum(dim=1)
@@ -204,33 +214,40 @@ def generate(
         seen = torch.zeros((batch, logits.shape[-1]), dtype=torch.bool, device=logits.device)
 
     generated = torch.full((batch, max_new), pad_id, dtype=torch.long, device=device)
-    num_tokens = torch.full((batch,), max_new, dtype=torch.long)
-    stopped = torch.zeros(batch, dtype=torch.bool)
+    num_tokens = torch.full((batch,), max_new, dtype=torch.long, device=device)
+    stopped = torch.zeros(batch, dtype=torch.bool, device=device)
     active = torch.arange(batch, device=device)  # original row of each batch position
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per batch position
+    left, reported = 0, 0  # rows that left the batch; finished rows told to `progress`
     for step in range(max_new):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, penalty)
-        uniforms = None if config.greedy else _draw_uniforms(generators)
-        tokens = choose_tokens(logits, config, uniforms)
+        tokens = choose_tokens(logits, config, None if uniforms is None else uniforms[active, step])
+        tokens = tokens.masked_fill(finished, pad_id)  # a finished row's slot generates nothing
         generated[active, step] = tokens
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
 
-        hit_stop = torch.isin(tokens, stop)
-        done = hit_stop if step < max_new - 1 else torch.ones_like(hit_stop)
-        if done.any():
-            finished = active[done].cpu()
-            num_tokens[finished] = step + 1
-            stopped[finished] = hit_stop[done].cpu()
-            if progress is not None:
-                progress.update(len(finished))
-            if done.all():
-                break
-            keep = (~done).nonzero().squeeze(1)
+        hit_stop = torch.isin(tokens, stop) & ~finished
+        newly = hit_stop if step < max_new - 1 else ~finished
+        num_tokens[active] = torch.where(newly, step + 1, num_tokens[active])
+        stopped[active] = stopped[active] | hit_stop
+        finished = finished | newly
+
+        done = finished.cpu()  # the step's one read of the device
+        done_here = int(done.sum())
+        if progress is not None and left + done_here > reported:
+            progress.update(left + done_here - reported)
+            reported = left + done_here
+        if done_here == len(done):
+            break
+        if done_here >= COMPACT_WHEN_DONE * len(done):
+            keep = _to_device((~done).nonzero().squeeze(1), device)
             active, tokens, next_position, mask = active[keep], tokens[keep], next_position[keep], mask[keep]
+            finished = finished[keep]
             seen = None if seen is None else seen[keep]
-            generators = [generators[i] for i in keep.tolist()]
             cache.batch_select_indices(keep)
+            left += done_here
 
         out = model(
             input_ids=tokens[:, None],
@@ -243,11 +260,25 @@ def generate(
         logits, cache = out.logits[:, -1].float(), out.past_key_values
         next_position = next_position + 1
 
-    rows, counts, stops = generated.cpu().tolist(), num_tokens.tolist(), stopped.tolist()
+    rows, counts, stops = generated.cpu().tolist(), num_tokens.cpu().tolist(), stopped.cpu().tolist()
     return [
         Generation(token_ids=row[: count - stop], num_tokens=count, stopped=stop)
         for row, count, stop in zip(rows, counts, stops, strict=True)
     ]
+
+
+def _uniform_table(row_seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """[rows, steps]: row r's uniform for step t is the t-th draw of its own generator, exactly
+    what one `torch.rand(1)` per step from it gives (a CPU generator's stream does not depend on
+    how many values one call draws)."""
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in row_seeds])
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so the copy waits for nothing."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _check_batch(
@@ -314,8 +345,28 @@ def _distinct_rows(
     first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
     first = first.scatter_reduce(0, inverse, rows, reduce="amin")
     if inputs_embeds is not None and not torch.equal(inputs_embeds, inputs_embeds[first[inverse]]):
-        return rows, rows  # same ids, different embeddings: every row needs its own pass
+        return _distinct_embeddings(inverse.tolist(), inputs_embeds)
     return first, inverse
+
+
+def _distinct_embeddings(groups: list[int], inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with the same ids (`groups`: one id per distinct ids row) may carry different embeddings
+    (SoftCoT++'s chains, SoftCoT-P's perturbations): a row shares the pass of an earlier row only if
+    its ids and its embeddings are equal."""
+    firsts: list[int] = []
+    owners: list[int] = []
+    by_group: dict[int, list[int]] = {}
+    for row, group in enumerate(groups):
+        for index in by_group.get(group, []):
+            if torch.equal(inputs_embeds[row], inputs_embeds[firsts[index]]):
+                owners.append(index)
+                break
+        else:
+            by_group.setdefault(group, []).append(len(firsts))
+            owners.append(len(firsts))
+            firsts.append(row)
+    device = inputs_embeds.device
+    return torch.tensor(firsts, device=device), torch.tensor(owners, device=device)
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -374,8 +425,3 @@ def _seen_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab: i
     seen = torch.zeros((input_ids.shape[0], vocab + 1), dtype=torch.bool, device=input_ids.device)
     seen.scatter_(1, ids, True)
     return seen[:, :vocab].contiguous()
-
-
-def _draw_uniforms(generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One uniform per row from that row's own generator: the only per-row Python work per step."""
-    return torch.tensor([torch.rand(1, generator=g).item() for g in generators])

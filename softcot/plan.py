@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softcot.config import Config
+from softcot.config import Config, deep_merge
 from softcot.data.datasets import catalog, dataset_spec
 from softcot.errors import ConfigError
 from softcot.methods import Artefact, Method, artefacts, method_class
 from softcot.models.manifest import MANIFEST_NAME
+from softcot.models.registry import architecture, get_spec
+from softcot.records import rows_per_seed
+from softcot.resources import Figures, Model, eval_request, parse_batch_size, train_request
+from softcot.shards import shard_bounds
 
 SPLITS = ("train", "test")
 REPORT_SUFFIXES = ("md", "csv", "json", "png")
@@ -54,12 +58,36 @@ def model_manifest(model: str) -> str:
     return f"{model_dir(model)}/{MANIFEST_NAME}"
 
 
+def imported_artefact(artefact: str, pair: str, dataset: str) -> str:
+    """Where an imported artefact (the authors' projector) is converted to."""
+    return f"results/imported/{artefact}s/{pair}/{dataset}/{artefact}.safetensors"
+
+
 def prediction_dir(pair: str, dataset: str, method: str) -> str:
     return f"results/predictions/{pair}/{dataset}/{method}"
 
 
+def shard_file(pair: str, dataset: str, method: str, shard: int, shards: int) -> str:
+    """The generated rows of one shard of an evaluation (1 <= shard <= shards)."""
+    return f"{prediction_dir(pair, dataset, method)}/shards/{shard}-of-{shards}.jsonl"
+
+
 def report(table: str, suffix: str) -> str:
     return f"reports/{table}.{suffix}"
+
+
+# The thought probe: its reports and what each scores, and the two parts of a train split.
+PROBE_REPORTS = {"thought_probe": "test", "thought_probe_validation": "validation"}
+PROBE_HELDOUT = ("test", "validation")
+PROBE_PARTS = ("fit", "validation")
+
+
+def probe_data(dataset: str, part: str) -> str:
+    return f"results/probe/data/{dataset}/{part}.jsonl"
+
+
+def probe_dir(pair: str, dataset: str) -> str:
+    return f"results/probe/{pair}/{dataset}"
 
 
 def parse_settings(text: str, source: str = "--settings") -> dict[str, Any]:
@@ -107,6 +135,11 @@ class Plan:
         return self.config.seeds
 
     @property
+    def batch_size(self) -> int | str:
+        """The preset's evaluation batch size (rows per generation batch), or "auto"."""
+        return self.config.preset_eval()["batch_size"]
+
+    @property
     def gpus_per_job(self) -> int:
         return int(self.config.preset["gpus_per_job"])
 
@@ -126,7 +159,7 @@ class Plan:
     def option_format(self, dataset: str) -> str | None:
         """How the dataset's options are written into questions; None when it has no options."""
         key = dataset_spec(dataset).option_format
-        return None if key is None else self.config.raw["data"][key]["option_format"]
+        return None if key is None else self.config.data_settings()[key]["option_format"]
 
     def method(self, name: str) -> type[Method]:
         return method_class(self.config.eval_settings(name)["kind"])
@@ -138,11 +171,11 @@ class Plan:
     # --- data -------------------------------------------------------------------------------------
     def data_sources(self) -> dict[str, Any]:
         """Where raw files come from (mirror, download); it cannot change a prepared file."""
-        return self.config.raw["data"]
+        return self.config.data_settings()
 
     def prepare(self, dataset: str) -> Step:
         spec = dataset_spec(dataset)
-        data = self.config.raw["data"]
+        data = self.config.data_settings()
         splits = [split for split in SPLITS if split in spec.splits]
         return Step(
             settings={key: data[key] for key in spec.settings},
@@ -166,14 +199,46 @@ class Plan:
             )
         models = self._pair_models(pair, trainer.uses_assistant)
         settings = {"kind": trainer.kind, "pair": models, "option_format": self.option_format(dataset)}
-        settings.update(self.config.train_settings())
+        # The common keys with the artefact's own section (train.<artefact>) merged over them; only
+        # the keys its training reads, so a change elsewhere reruns nothing of it.
+        merged = self.config.train_settings(artefact)
+        keys = merged if trainer.train_keys is None else trainer.train_keys
+        settings.update({key: merged[key] for key in keys})
         inputs = {"train": prepared(dataset, "train")}
         inputs.update({role: model_manifest(model) for role, model in models.items()})
-        return Step(settings, inputs, spec.files(pair, dataset))
+        request = train_request(
+            self.figures,
+            self._sized_models(models),
+            examples=self.example_count(dataset, "train", settings["limit"]),
+            epochs=int(settings["epochs"]),
+            batch_size=int(settings["batch_size"]),
+            gpus=self.gpus_per_job,
+        )
+        return Step(settings, inputs, spec.files(pair, dataset), runtime=request)
+
+    def imported_source(self, artefact: str, pair: str, dataset: str) -> str:
+        """The authors' released file for (pair, dataset), from params `imported_projectors`."""
+        if artefact != "projector":
+            raise ConfigError(f"only projectors can be imported, not {artefact!r}")
+        sources = self.config.raw["imported_projectors"]
+        if dataset not in sources.get(pair, {}):
+            raise ConfigError(
+                f"imported_projectors.{pair}.{dataset}: no released projection.bin is named for pair "
+                f"{pair!r} on {dataset} (a method with artefact_source: imported needs one)"
+            )
+        return sources[pair][dataset]
 
     # --- evaluation -------------------------------------------------------------------------------
+    def _max_new_tokens(self, resolved: dict[str, Any], pair: str, dataset: str) -> int:
+        """`max_new_tokens`, unless `max_new_tokens_by_backbone` names the base's backbone and the
+        dataset (protocol §8: Qwen3 generates up to 4096 tokens, 1024 on DU and StrategyQA)."""
+        backbone = get_spec(self.config.pair(pair)["base"], self.local_paths).backbone
+        by_dataset = resolved.get("max_new_tokens_by_backbone", {}).get(backbone, {})
+        return int(by_dataset.get(dataset, resolved["max_new_tokens"]))
+
     def evaluate(self, pair: str, dataset: str, method: str) -> Step:
         resolved = self.config.eval_settings(method)
+        resolved["max_new_tokens"] = self._max_new_tokens(resolved, pair, dataset)
         cls = method_class(resolved["kind"])
         models = self._pair_models(pair, cls.uses_assistant)
         settings = {
@@ -186,22 +251,109 @@ class Plan:
         inputs.update({role: model_manifest(model) for role, model in models.items()})
         if cls.artefact is not None:
             served_by = dataset_spec(dataset).artefact_dataset
-            inputs["artefact"] = cls.artefact.files(pair, served_by)["checkpoint"]
+            if resolved.get("artefact_source") == "imported":
+                self.imported_source(cls.artefact.name, pair, served_by)  # a missing entry fails here
+                inputs["artefact"] = imported_artefact(cls.artefact.name, pair, served_by)
+            else:
+                inputs["artefact"] = cls.artefact.files(pair, served_by)["checkpoint"]
         directory = prediction_dir(pair, dataset, method)
         outputs = {
             "predictions": [f"{directory}/seed{seed}.jsonl" for seed in settings["seeds"]],
             "metrics": [f"{directory}/seed{seed}.metrics.json" for seed in settings["seeds"]],
         }
-        return Step(settings, inputs, outputs, runtime={"batch_size": int(resolved["batch_size"])})
+        runtime = {"batch_size": resolved["batch_size"], "shards": self.shards(method)}
+        runtime.update(
+            self._eval_request(pair, dataset, method, self.example_count(dataset, "test", resolved["limit"]))
+        )
+        return Step(settings, inputs, outputs, runtime=runtime)
+
+    # --- sharded evaluation (eval.shards > 1): one job per shard of examples, then a merge ----------
+    def shards(self, method: str) -> int:
+        """How many jobs an evaluation of `method` is split into (eval.shards)."""
+        return int(self.config.eval_settings(method).get("shards", 1))
+
+    def sharded_methods(self) -> list[str]:
+        return [name for name in self.config.raw["methods"] if self.shards(name) > 1]
+
+    def unsharded_methods(self) -> list[str]:
+        return [name for name in self.config.raw["methods"] if self.shards(name) == 1]
+
+    def evaluate_shard(self, pair: str, dataset: str, method: str, shard: int, shards: int) -> Step:
+        """Shard `shard` of `shards`: the whole evaluation's settings and inputs, its own rows file,
+        and a request sized for its share of the examples."""
+        if shards != self.shards(method) or not 1 <= shard <= shards:
+            raise ConfigError(
+                f"shard {shard} of {shards}: method {method!r} is split into {self.shards(method)} shards"
+            )
+        cell = self.evaluate(pair, dataset, method)
+        lo, hi = shard_bounds(self.example_count(dataset, "test", cell.settings["limit"]), shard, shards)
+        runtime = {"batch_size": cell.runtime["batch_size"], "shard": shard, "shards": shards}
+        runtime.update(self._eval_request(pair, dataset, method, hi - lo))
+        outputs = {"rows": shard_file(pair, dataset, method, shard, shards)}
+        return Step(cell.settings, cell.inputs, outputs, runtime=runtime)
+
+    def merge(self, pair: str, dataset: str, method: str) -> Step:
+        """The per-seed prediction and metrics files of a sharded evaluation, from its shards."""
+        cell, shards = self.evaluate(pair, dataset, method), self.shards(method)
+        inputs = {
+            "shards": [shard_file(pair, dataset, method, i, shards) for i in range(1, shards + 1)],
+            "test": cell.inputs["test"],
+        }
+        return Step(cell.settings, inputs, cell.outputs)
+
+    # --- sizing (softcot.resources) ---------------------------------------------------------------
+    @property
+    def figures(self) -> Figures:
+        """The active preset's sizing figures (presets.<preset>.resources)."""
+        return Figures.from_mapping(self.config.preset["resources"])
+
+    def _sized_models(self, models: dict[str, str]) -> list[Model]:
+        """The job's distinct models as sizing sees them, the base first."""
+        names = [models["base"]] + [name for name in models.values() if name != models["base"]]
+        return [Model(architecture(name), get_spec(name, self.local_paths).dtype) for name in names]
+
+    def example_count(self, dataset: str, split: str, limit: int | None) -> int:
+        """How many examples a job reads, from the catalog's split size (for sizing only): capped by
+        `limit` and by a `<name>_train_subset.size` among the dataset's data settings."""
+        data = self.config.data_settings()
+        spec = dataset_spec(dataset)
+        count = spec.source(split, data["variant"]).examples or 0
+        for key in spec.settings:
+            if split == "train" and key.endswith("_train_subset") and data[key].get("size"):
+                count = min(count, int(data[key]["size"]))
+        return count if limit is None else min(count, int(limit))
+
+    def _eval_request(self, pair: str, dataset: str, method: str, examples: int) -> dict[str, int]:
+        resolved = self.config.eval_settings(method)
+        cls = method_class(resolved["kind"])
+        per_seed = [key for key in ("samples", "chains") if key in cls.eval_keys()]
+        return eval_request(
+            self.figures,
+            self._sized_models(self._pair_models(pair, cls.uses_assistant)),
+            rows=examples * len(resolved["seeds"]) * rows_per_seed({k: resolved[k] for k in per_seed}),
+            max_new_tokens=self._max_new_tokens(resolved, pair, dataset),
+            examples=examples,
+            assistant_tokens=int(resolved["assist_hard_tokens"])
+            if "assist_hard_tokens" in cls.eval_keys()
+            else 0,
+            batch_size=parse_batch_size(resolved["batch_size"]),
+            gpus=self.gpus_per_job,
+        )
 
     # --- tables -----------------------------------------------------------------------------------
     def table_spec(self, name: str) -> dict[str, Any]:
         """The resolved layout of table `name` with each row's evaluation seeds and the preset name."""
         layout = self.config.table(name)
-        rows = [
-            dict(row, seeds=list(self.config.eval_settings(row["method"])["seeds"])) for row in layout["rows"]
-        ]
-        return dict(layout, rows=rows, preset=self.preset)
+        rows = []
+        for row in layout["rows"]:
+            settings = self.config.eval_settings(row["method"])
+            rows.append(dict(row, seeds=list(settings["seeds"]), limit=settings["limit"]))
+        return dict(layout, rows=rows, preset=self.preset, primary_extractor=self.primary_extractor)
+
+    @property
+    def primary_extractor(self) -> str:
+        """The extractor a table shows first: the preset's `eval.extractor` (the paper: reference)."""
+        return self.config.preset_eval()["extractor"]
 
     def table(self, name: str) -> Step:
         spec = self.table_spec(name)
@@ -224,6 +376,93 @@ class Plan:
     def targets(self) -> list[str]:
         """Every report of the active preset."""
         return [report(name, suffix) for name in self.table_names() for suffix in REPORT_SUFFIXES]
+
+    # --- the thought probe (softcot.probe) --------------------------------------------------------
+    def probe_spec(self) -> dict[str, Any]:
+        """params.yaml's `probe` with the active preset's overrides merged, the pair role resolved
+        to its pair, N resolved, and `train` merged over the preset's train settings."""
+        probe = self.config.raw["probe"]
+        spec = deep_merge(
+            {k: v for k, v in probe.items() if k != "presets"}, probe.get("presets", {}).get(self.preset, {})
+        )
+        spec["role"], spec["pair"] = spec["pair"], self.config.preset["roles"][spec["pair"]]
+        if spec["num_thought_tokens"] is None:
+            evaluation = deep_merge(self.config.raw["eval"], self.config.preset.get("eval", {}))
+            spec["num_thought_tokens"] = evaluation["num_thought_tokens"]
+        spec["train"] = deep_merge(self.config.train_settings(), spec["train"])
+        return spec
+
+    def _probe_dataset(self, dataset: str) -> None:
+        if dataset not in self.probe_spec()["datasets"]:
+            raise ConfigError(f"dataset {dataset!r} is not among probe.datasets of preset {self.preset!r}")
+
+    def probe_split(self, dataset: str) -> Step:
+        """The train split cut in two: `fit` (the probe projector trains on its first examples) and
+        `validation` (its last probe.validation examples, for choosing the training settings)."""
+        self._probe_dataset(dataset)
+        return Step(
+            settings={"validation": self.probe_spec()["validation"]},
+            inputs={"train": prepared(dataset, "train")},
+            outputs={part: probe_data(dataset, part) for part in PROBE_PARTS},
+        )
+
+    def probe_train(self, pair: str, dataset: str) -> Step:
+        """The probe's own projector: SoftCoT's training with probe.train, on the fit part only."""
+        self._probe_dataset(dataset)
+        _, trainer = self.artefact("projector")
+        models = self._pair_models(pair, trainer.uses_assistant)
+        settings = {"kind": trainer.kind, "pair": models, "option_format": self.option_format(dataset)}
+        settings.update(self.probe_spec()["train"])
+        inputs = {"train": probe_data(dataset, "fit")}
+        inputs.update({role: model_manifest(model) for role, model in models.items()})
+        directory = probe_dir(pair, dataset)
+        outputs = {
+            "checkpoint": f"{directory}/projector.safetensors",
+            "record": f"{directory}/projector.json",
+        }
+        return Step(settings, inputs, outputs)
+
+    def probe(self, pair: str, dataset: str, heldout: str) -> Step:
+        """Scoring the six conditions on held-out examples: the test split's first probe.examples
+        (`test`) or the validation part of the train split (`validation`)."""
+        if heldout not in PROBE_HELDOUT:
+            raise ConfigError(f"unknown held-out set {heldout!r} (known: {', '.join(PROBE_HELDOUT)})")
+        spec = self.probe_spec()
+        trained = self.probe_train(pair, dataset)
+        settings = {
+            "pair": trained.settings["pair"],
+            "option_format": trained.settings["option_format"],
+            "num_thought_tokens": spec["num_thought_tokens"],
+            "examples": spec["examples"] if heldout == "test" else None,
+            "seed": spec["seed"],
+            "train": spec["train"],
+        }
+        examples = prepared(dataset, "test") if heldout == "test" else probe_data(dataset, "validation")
+        inputs = {
+            "examples": examples,
+            "fit": probe_data(dataset, "fit"),
+            "projector": trained.outputs["checkpoint"],
+            "record": trained.outputs["record"],
+        }
+        inputs.update({role: model_manifest(model) for role, model in settings["pair"].items()})
+        outputs = {"per_example": f"{probe_dir(pair, dataset)}/{heldout}/per_example.jsonl"}
+        return Step(settings, inputs, outputs)
+
+    def probe_table(self, name: str) -> Step:
+        """reports/thought_probe.* (test split) or reports/thought_probe_validation.* (validation)."""
+        if name not in PROBE_REPORTS:
+            raise ConfigError(f"unknown probe report {name!r} (known: {', '.join(PROBE_REPORTS)})")
+        heldout, spec = PROBE_REPORTS[name], self.probe_spec()
+        settings = dict(spec, name=name, heldout=heldout, preset=self.preset)
+        settings["models"] = self.config.pair(spec["pair"])
+        inputs: dict[str, list[str]] = {"per_example": [], "records": [], "examples": [], "fit": []}
+        for dataset in spec["datasets"]:
+            step = self.probe(spec["pair"], dataset, heldout)
+            inputs["per_example"].append(step.outputs["per_example"])
+            inputs["records"].append(step.inputs["record"])
+            inputs["examples"].append(step.inputs["examples"])
+            inputs["fit"].append(step.inputs["fit"])
+        return Step(settings, inputs, {suffix: report(name, suffix) for suffix in REPORT_SUFFIXES})
 
 
 # --- what the Snakefile's wildcards may be ---------------------------------------------------------

@@ -1,5 +1,8 @@
 """`softcot table`: turn prediction files into a significance-tested table (md, csv, json, png).
 
+Every cell is computed under both answer extractors (softcot.predictions): the preset's primary one
+is shown first, the other in a second block, and the csv has both.
+
 A table spec is the params.yaml layout with roles resolved, each row's seeds and the preset
 name (softcot.plan's `table_spec`). Snakemake passes it as --settings so a --config override
 reaches the builder; by hand it is resolved from --params. Any directory of prediction files laid
@@ -10,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +23,38 @@ from tqdm import tqdm
 
 from softcot import stats
 from softcot.errors import ConfigError, DataError
-from softcot.io import atomic_path, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from softcot.io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from softcot.plan import Plan, parse_settings
+from softcot.predictions import (
+    MODES,
+    Cell,
+    TestSet,
+    id_difference,
+    load_cell,
+    metrics_path,
+    prediction_path,
+    prepared_test_path,
+)
 
 ALPHA = 0.05
 SIGNIFICANT_MARK = "†"
 AVERAGE = "avg"
-SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset")
-ROW_KEYS = ("key", "label", "pair", "method", "seeds")
+SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset", "primary_extractor")
+ROW_KEYS = ("key", "label", "pair", "method", "seeds", "limit")
+CSV_STATS = (
+    "mean",
+    "std",
+    "std_population",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "significant",
+)
 
 
 # --- spec and paths ---------------------------------------------------------------------
-def prediction_path(root: str | Path, pair: str, dataset: str, method: str, seed: int) -> Path:
-    return Path(root) / pair / dataset / method / f"seed{seed}.jsonl"
-
-
-def metrics_path(root: str | Path, pair: str, dataset: str, method: str, seed: int) -> Path:
-    return Path(root) / pair / dataset / method / f"seed{seed}.metrics.json"
-
-
-def prepared_test_path(root: str | Path, dataset: str) -> Path:
-    return Path(root) / dataset / "test.jsonl"
-
-
 def input_paths(spec: dict[str, Any], predictions: str | Path, prepared: str | Path) -> list[Path]:
     """Every file the table reads: predictions and metrics per (row, dataset, seed), prepared test sets."""
     paths = []
@@ -68,87 +79,8 @@ def check_spec(spec: Any, source: str) -> None:
             raise ConfigError(f"{source}: rows[{i}] lacks {', '.join(lacking)}")
     if spec["baseline"] not in {row["key"] for row in spec["rows"]}:
         raise ConfigError(f"{source}: baseline {spec['baseline']!r} is not a row key")
-
-
-# --- reading predictions ----------------------------------------------------------------
-@dataclass
-class CellPredictions:
-    """One (row, dataset): per-seed correctness of every example, aligned by sorted example id."""
-
-    files: list[Path]
-    ids: list[str]
-    correct: np.ndarray  # [seeds, examples] bool
-    extractor: str
-    accuracies: np.ndarray = field(init=False)  # per seed, in %
-
-    def __post_init__(self) -> None:
-        self.accuracies = self.correct.mean(axis=1) * 100
-
-
-def read_correctness(path: Path) -> dict[str, bool]:
-    """Example id -> correct, from one prediction file; duplicate ids and non-bool `correct` are errors."""
-    correct: dict[str, bool] = {}
-    for lineno, record in read_jsonl(path):
-        for key in ("id", "correct"):
-            if key not in record:
-                raise DataError(f"{path}:{lineno}: record lacks key {key!r}")
-        if not isinstance(record["correct"], bool):
-            raise DataError(
-                f"{path}:{lineno}: key 'correct' must be true or false, got {record['correct']!r}"
-            )
-        example_id = str(record["id"])
-        if example_id in correct:
-            raise DataError(f"{path}:{lineno}: duplicate example id {example_id!r}")
-        correct[example_id] = record["correct"]
-    if not correct:
-        raise DataError(f"{path}: no prediction records")
-    return correct
-
-
-def read_extractor(path: Path, n_records: int) -> str:
-    """The answer-extraction mode from a metrics file, after checking it describes as many examples."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
-    for key in ("extractor", "n"):
-        if key not in metrics:
-            raise DataError(f"{path}: lacks key {key!r}")
-    if metrics["n"] != n_records:
-        raise DataError(f"{path}: key 'n' is {metrics['n']} but its prediction file has {n_records} records")
-    return metrics["extractor"]
-
-
-def _id_difference(left: set[str], right: set[str]) -> str:
-    def sample(ids: set[str]) -> str:
-        return ", ".join(sorted(ids)[:3]) + (", ..." if len(ids) > 3 else "")
-
-    only_left, only_right = left - right, right - left
-    return (
-        f"{len(only_left)} ids only in the first ({sample(only_left)}), "
-        f"{len(only_right)} only in the second ({sample(only_right)})"
-    )
-
-
-def load_cell(row: dict[str, Any], dataset: str, predictions: Path) -> CellPredictions:
-    files, per_seed, extractors = [], [], set()
-    for seed in row["seeds"]:
-        where = (predictions, row["pair"], dataset, row["method"], seed)
-        path = prediction_path(*where)
-        correct = read_correctness(path)
-        if per_seed and correct.keys() != per_seed[0].keys():
-            raise DataError(
-                f"{files[0]} and {path} hold different examples: "
-                f"{_id_difference(set(per_seed[0]), set(correct))}"
-            )
-        extractors.add(read_extractor(metrics_path(*where), len(correct)))
-        files.append(path)
-        per_seed.append(correct)
-    if len(extractors) > 1:
-        raise DataError(f"seeds of {files[0].parent} used different extractors: {sorted(extractors)}")
-    ids = sorted(per_seed[0])
-    matrix = np.array([[seed_correct[i] for i in ids] for seed_correct in per_seed], dtype=bool)
-    return CellPredictions(files=files, ids=ids, correct=matrix, extractor=extractors.pop())
+    if spec["primary_extractor"] not in MODES:
+        raise ConfigError(f"{source}: primary_extractor must be one of {', '.join(MODES)}")
 
 
 # --- the table --------------------------------------------------------------------------
@@ -171,29 +103,40 @@ class Comparison:
 class Table:
     name: str
     spec: dict[str, Any]
-    cells: dict[tuple[str, str], CellPredictions]  # (row key, dataset)
-    comparisons: dict[tuple[str, str], Comparison]
+    cells: dict[tuple[str, str], Cell]  # (row key, dataset)
+    comparisons: dict[str, dict[tuple[str, str], Comparison]]  # extractor mode -> (row key, dataset)
     resamples: int
     commit: str
     data_hashes: dict[str, str]
 
     @property
+    def primary(self) -> str:
+        return self.spec["primary_extractor"]
+
+    @property
+    def modes(self) -> list[str]:
+        """The primary extractor mode first, then the other."""
+        return [self.primary] + [mode for mode in MODES if mode != self.primary]
+
+    @property
     def baseline_row(self) -> dict[str, Any]:
         return next(row for row in self.spec["rows"] if row["key"] == self.spec["baseline"])
 
-    def average(self, row_key: str) -> np.ndarray:
-        """Per-seed accuracy averaged over the datasets with equal weight (the paper's Avg column)."""
-        return np.mean([self.cells[row_key, ds].accuracies for ds in self.spec["datasets"]], axis=0)
+    def accuracies(self, mode: str, row_key: str, dataset: str) -> np.ndarray:
+        """Per-seed accuracy (%); dataset `avg`: the unweighted mean over the datasets (the paper's Avg)."""
+        if dataset == AVERAGE:
+            return np.mean([self.cells[row_key, ds].accuracies(mode) for ds in self.spec["datasets"]], axis=0)
+        return self.cells[row_key, dataset].accuracies(mode)
 
 
-def compare(cell: CellPredictions, baseline: CellPredictions, resamples: int) -> Comparison:
+def compare(cell: Cell, baseline: Cell, mode: str, resamples: int) -> Comparison:
     """Paired by example id on correctness averaged over each row's seeds."""
     if cell.ids != baseline.ids:
         raise DataError(
             f"{cell.files[0]} and baseline {baseline.files[0]} hold different examples: "
-            f"{_id_difference(set(cell.ids), set(baseline.ids))}"
+            f"{id_difference(set(cell.ids), set(baseline.ids))}"
         )
-    differences = cell.correct.mean(axis=0) - baseline.correct.mean(axis=0)
+    differences = cell.correct[mode].mean(axis=0) - baseline.correct[mode].mean(axis=0)
     low, high = stats.bootstrap_ci(differences, resamples)
     return Comparison(
         delta=float(differences.mean()) * 100,
@@ -224,23 +167,27 @@ def build_table(
     prepared: str | Path,
     resamples: int = stats.DEFAULT_RESAMPLES,
 ) -> Table:
-    """Read every input (all missing files are reported at once), then test each row against the baseline."""
+    """Read and verify every input (all missing files are reported at once), then test each row
+    against the baseline under each extractor (Holm within each)."""
     missing = [str(path) for path in input_paths(spec, predictions, prepared) if not path.exists()]
     if missing:
         raise DataError(f"table {name}: {len(missing)} input files are missing:\n  " + "\n  ".join(missing))
+    tests = {ds: TestSet.read(prepared_test_path(prepared, ds)) for ds in spec["datasets"]}
     work = [(row, ds) for row in spec["rows"] for ds in spec["datasets"]]
     cells = {
-        (row["key"], ds): load_cell(row, ds, Path(predictions))
+        (row["key"], ds): load_cell(row, ds, Path(predictions), tests[ds])
         for row, ds in tqdm(work, desc=f"{name}: reading predictions", unit="cell")
     }
     tested = [(row["key"], ds) for row, ds in work if row["key"] != spec["baseline"]]
-    comparisons = {
-        key: compare(cells[key], cells[spec["baseline"], key[1]], resamples)
-        for key in tqdm(tested, desc=f"{name}: significance tests", unit="test")
-    }
-    adjusted = stats.holm_adjust([c.p_value for c in comparisons.values()])
-    for comparison, p_adjusted in zip(comparisons.values(), adjusted, strict=True):
-        comparison.p_adjusted = float(p_adjusted)
+    comparisons: dict[str, dict[tuple[str, str], Comparison]] = {}
+    for mode in MODES:
+        comparisons[mode] = {
+            key: compare(cells[key], cells[spec["baseline"], key[1]], mode, resamples)
+            for key in tqdm(tested, desc=f"{name}: significance tests ({mode})", unit="test")
+        }
+        adjusted = stats.holm_adjust([c.p_value for c in comparisons[mode].values()])
+        for comparison, p_adjusted in zip(comparisons[mode].values(), adjusted, strict=True):
+            comparison.p_adjusted = float(p_adjusted)
     data_hashes = {ds: sha256_file(prepared_test_path(prepared, ds))[:12] for ds in spec["datasets"]}
     return Table(name, spec, cells, comparisons, resamples, git_commit(), data_hashes)
 
@@ -261,37 +208,51 @@ def _fmt_seeds(table: Table) -> str:
     return "; ".join(f"{', '.join(labels)}: {', '.join(map(str, s))}" for s, labels in by_seeds.items())
 
 
-def render_markdown(table: Table) -> str:
+def _render_block(table: Table, mode: str) -> list[str]:
+    """The accuracy table and the differences from the baseline, under one extractor mode."""
     spec, datasets = table.spec, table.spec["datasets"]
     average = spec.get("average", False)
-    baseline_label = table.baseline_row["label"]
     header = ["Method", *datasets] + (["Avg"] if average else [])
-    lines = [f"# {spec['title']}", "", "| " + " | ".join(header) + " |"]
-    lines.append("|:--" + "|--:" * (len(header) - 1) + "|")
+    lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
     for row in spec["rows"]:
         cells = []
         for ds in datasets:
-            comparison = table.comparisons.get((row["key"], ds))
+            comparison = table.comparisons[mode].get((row["key"], ds))
             mark = SIGNIFICANT_MARK if comparison and comparison.significant else ""
-            cells.append(_fmt_cell(table.cells[row["key"], ds].accuracies, mark))
+            cells.append(_fmt_cell(table.accuracies(mode, row["key"], ds), mark))
         if average:
-            cells.append(_fmt_cell(table.average(row["key"])))
+            cells.append(_fmt_cell(table.accuracies(mode, row["key"], AVERAGE)))
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
 
-    lines += ["", f"Difference from {baseline_label} in points [95% CI], p (Holm-adjusted p):", ""]
+    lines += [
+        "",
+        f"Difference from {table.baseline_row['label']} in points [95% CI], p (Holm-adjusted p):",
+        "",
+    ]
     lines += ["| Method | " + " | ".join(datasets) + " |", "|:--" + "|--:" * len(datasets) + "|"]
     for row in spec["rows"]:
         if row["key"] == spec["baseline"]:
             continue
         cells = []
         for ds in datasets:
-            c = table.comparisons[row["key"], ds]
+            c = table.comparisons[mode][row["key"], ds]
             cells.append(
                 f"{c.delta:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}], p={c.p_value:.4f} ({c.p_adjusted:.4f})"
             )
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
-    extractors = sorted({cell.extractor for cell in table.cells.values()})
+
+def render_markdown(table: Table) -> str:
+    spec, datasets = table.spec, table.spec["datasets"]
+    primary, other = table.modes
+    baseline_label = table.baseline_row["label"]
+    lines = [f"# {spec['title']}", "", f"Answers read by the **{primary}** extractor (primary for preset "]
+    lines[-1] += f"{spec['preset']}); the {other} extractor's table follows.\n"
+    lines += _render_block(table, primary)
+    lines += ["", f"## The same cells under the {other} extractor", ""] + _render_block(table, other)
+
+    recorded = sorted({cell.settings for cell in table.cells.values()})
     notes = [
         "Accuracy (%): mean ± sample standard deviation (n−1) over seeds; "
         f"{table.name}.csv also has the population standard deviation (n) and every per-seed accuracy.",
@@ -301,13 +262,17 @@ def render_markdown(table: Table) -> str:
         f"default_rng({stats.DEFAULT_SEED}), "
         "p = (b+1)/(R+1); exact instead (the share of all 2^n sign flips of the n non-zero "
         "differences, identity included) where n ≤ log2(resamples). Correction: Holm–Bonferroni over all "
-        f"{len(table.comparisons)} comparisons of this table. CI: percentile bootstrap of the mean "
-        f"difference, {table.resamples:,} resamples.",
+        f"{len(table.comparisons[primary])} comparisons of each extractor's table. CI: percentile bootstrap "
+        f"of the mean difference, {table.resamples:,} resamples.",
         f"Seeds: {_fmt_seeds(table)}.",
         "Examples per dataset: "
         + ", ".join(f"{ds} {len(table.cells[spec['baseline'], ds].ids)}" for ds in datasets)
         + ".",
-        f"Answer extractor: {', '.join(extractors)}.",
+        "Answer extractors: reference = the paper's extractor and vote (docs/protocol.md §9, §10), what "
+        "its numbers mean; robust = this project's extractor and a vote that never elects no answer. Both "
+        "are recomputed from each record's raw output; the evaluations recorded "
+        + ", ".join(f"extractor {e} with vote {v}" for e, v in recorded)
+        + ", and every stored prediction was checked against it.",
         f"Preset: {spec['preset']}."
         + (f" Rows the preset lacks: {', '.join(spec['dropped_rows'])}." if spec.get("dropped_rows") else ""),
         f"Code: git commit {table.commit}.",
@@ -315,7 +280,7 @@ def render_markdown(table: Table) -> str:
         + ", ".join(f"{ds} {digest}" for ds, digest in table.data_hashes.items())
         + ".",
     ]
-    if average:
+    if spec.get("average"):
         notes.insert(
             3,
             "Avg: for each seed, the unweighted mean of the dataset accuracies; then mean ± sample std "
@@ -329,22 +294,29 @@ def _number(value: float) -> float | str:
     return "" if np.isnan(value) else float(value)
 
 
+def _mode_stats(table: Table, mode: str, row_key: str, dataset: str) -> dict[str, Any]:
+    mean, std, std_population = stats.mean_and_std(table.accuracies(mode, row_key, dataset))
+    comparison = table.comparisons[mode].get((row_key, dataset))
+    values = {"mean": _number(mean), "std": _number(std), "std_population": _number(std_population)}
+    for key in ("delta", "ci_low", "ci_high", "p_value", "p_adjusted"):
+        values[key] = _number(getattr(comparison, key)) if comparison else ""
+    values["significant"] = comparison.significant if comparison else ""
+    return values
+
+
 def csv_rows(table: Table) -> list[dict[str, Any]]:
-    """One row per (table row, dataset), plus an `avg` dataset row when the table has an Avg column."""
+    """One row per (table row, dataset), plus an `avg` row when the table has an Avg column.
+
+    The unprefixed statistics are the primary extractor's (`extractor` names it); `reference_*`
+    and `robust_*` hold each extractor's, so both are always there under stable names.
+    """
     seeds = sorted({seed for row in table.spec["rows"] for seed in row["seeds"]})
+    datasets = table.spec["datasets"] + ([AVERAGE] if table.spec.get("average") else [])
     out = []
     for row in table.spec["rows"]:
-        entries = [(ds, table.cells[row["key"], ds].accuracies) for ds in table.spec["datasets"]]
-        if table.spec.get("average"):
-            entries.append((AVERAGE, table.average(row["key"])))
-        for ds, accuracies in entries:
-            mean, std, std_population = stats.mean_and_std(accuracies)
-            cells = (
-                [table.cells[row["key"], d] for d in table.spec["datasets"]]
-                if ds == AVERAGE
-                else [table.cells[row["key"], ds]]
-            )
-            comparison = table.comparisons.get((row["key"], ds))
+        for ds in datasets:
+            cells = [table.cells[row["key"], d] for d in (table.spec["datasets"] if ds == AVERAGE else [ds])]
+            by_mode = {mode: _mode_stats(table, mode, row["key"], ds) for mode in MODES}
             record = {
                 "table": table.name,
                 "row": row["key"],
@@ -352,21 +324,16 @@ def csv_rows(table: Table) -> list[dict[str, Any]]:
                 "pair": row["pair"],
                 "method": row["method"],
                 "dataset": ds,
-                "mean": _number(mean),
-                "std": _number(std),
-                "std_population": _number(std_population),
-                "n_seeds": len(accuracies),
+                **by_mode[table.primary],
+                "n_seeds": len(row["seeds"]),
                 "n_examples": sum(len(cell.ids) for cell in cells),
-                "delta": _number(comparison.delta) if comparison else "",
-                "ci_low": _number(comparison.ci_low) if comparison else "",
-                "ci_high": _number(comparison.ci_high) if comparison else "",
-                "p_value": _number(comparison.p_value) if comparison else "",
-                "p_adjusted": _number(comparison.p_adjusted) if comparison else "",
-                "significant": comparison.significant if comparison else "",
-                "extractor": ",".join(sorted({cell.extractor for cell in cells})),
+                "extractor": table.primary,
             }
+            accuracies = table.accuracies(table.primary, row["key"], ds)
             per_seed = dict(zip(row["seeds"], accuracies, strict=True))
             record.update({f"acc_seed{s}": _number(per_seed[s]) if s in per_seed else "" for s in seeds})
+            for mode in MODES:
+                record.update({f"{mode}_{key}": by_mode[mode][key] for key in CSV_STATS})
             out.append(record)
     return out
 
@@ -378,18 +345,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def metrics(table: Table) -> dict[str, dict[str, float]]:
-    """{row key: {dataset: mean accuracy %, avg?}}: nested so `dvc exp show` lists one column per cell."""
-    out = {}
-    for row in table.spec["rows"]:
-        means = {
-            ds: round(float(table.cells[row["key"], ds].accuracies.mean()), 4)
-            for ds in table.spec["datasets"]
-        }
-        if table.spec.get("average"):
-            means[AVERAGE] = round(float(table.average(row["key"]).mean()), 4)
-        out[row["key"]] = means
-    return out
+def metrics(table: Table) -> dict[str, float]:
+    """{row key: mean accuracy %} under the primary extractor: the Avg column where the table has
+    one, else its only (or first) dataset. Few short names keep `dvc exp show` legible; the csv has
+    every dataset and both extractors."""
+    dataset = AVERAGE if table.spec.get("average") else table.spec["datasets"][0]
+    return {
+        row["key"]: round(float(table.accuracies(table.primary, row["key"], dataset).mean()), 4)
+        for row in table.spec["rows"]
+    }
 
 
 def write_plot(path: Path, table: Table) -> None:
@@ -405,7 +369,7 @@ def write_plot(path: Path, table: Table) -> None:
         _plot_against_x(ax, table)
     else:
         _plot_bars(ax, table)
-    ax.set_ylabel("accuracy (%), mean ± sample std over seeds")
+    ax.set_ylabel(f"accuracy (%), {table.primary} extractor, mean ± sample std over seeds")
     ax.set_title(table.spec["title"], fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -415,7 +379,7 @@ def write_plot(path: Path, table: Table) -> None:
 
 
 def _summary(table: Table, row_key: str, dataset: str) -> tuple[float, float]:
-    mean, std, _ = stats.mean_and_std(table.cells[row_key, dataset].accuracies)
+    mean, std, _ = stats.mean_and_std(table.accuracies(table.primary, row_key, dataset))
     return mean, 0.0 if np.isnan(std) else std
 
 
@@ -431,7 +395,7 @@ def _plot_against_x(ax: Any, table: Table) -> None:
             capsize=3,
             label=ds,
         )
-        baseline = table.cells[table.spec["baseline"], ds].accuracies.mean()
+        baseline = table.accuracies(table.primary, table.spec["baseline"], ds).mean()
         ax.axhline(
             baseline, linestyle="--", color=line[0].get_color(), label=f"{ds}: {table.baseline_row['label']}"
         )

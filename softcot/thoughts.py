@@ -87,6 +87,12 @@ def check_projector_file(
             dtypes = {name: s.get_dtype() for name, s in slices.items()}
     except (SafetensorError, OSError) as exc:
         raise _unreadable(path, exc) from exc
+    if set(shapes) == {"weight", "bias", "embedding"}:
+        raise ModelError(
+            f"{path}: expected exactly the tensors ['bias', 'weight'], found {sorted(shapes)}: a SoftCoT++ "
+            "checkpoint ([INI] embeddings); SoftCoT evaluates a SoftCoT projector, the two are not "
+            "interchangeable"
+        )
     if set(shapes) != {"weight", "bias"}:
         raise ModelError(f"{path}: expected exactly the tensors ['bias', 'weight'], found {sorted(shapes)}")
     weight, bias = shapes["weight"], shapes["bias"]
@@ -144,7 +150,8 @@ def assistant_states(
 ) -> torch.Tensor:
     """The assistant's last-layer states after the final norm (HF `hidden_states[-1]`) at its N
     slot positions: [B, N, H_a]. One forward through the decoder only; the LM head is skipped."""
-    hidden = model.base_model(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+    # One pass, nothing decoded after it: no KV cache to build.
+    hidden = model.base_model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return hidden.gather(1, _slot_index(starts.to(hidden.device), n, hidden.shape[-1]))
 
 

@@ -42,6 +42,7 @@ from softcot.data.schema import read_prepared
 from softcot.errors import ConfigError, DataError
 from softcot.io import atomic_path, sha256_file, write_json_atomic
 from softcot.methods import method_class
+from softcot.models.registry import add_local_path_argument
 from softcot.plan import Plan, parse_settings
 from softcot.prompts import (
     PromptRenderer,
@@ -72,6 +73,7 @@ class TrainingData:
     example_ids: list[str]
     base: list[TrainingSequence]
     assistant_ids: list[list[int]]
+    skipped: tuple[str, ...] = ()  # ids left out for being over train.max_length (policy `skip`)
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -85,19 +87,31 @@ def encode_training_data(
     drop_last_token: bool,
     max_length: int,
     source: str,
+    overlong: str = "error",
 ) -> TrainingData:
-    """Encode the base training sequences and the assistant prompts; `source` names the file in errors."""
-    base_sequences, assistant_ids = [], []
+    """Encode the base training sequences and the assistant prompts; `source` names the file in errors.
+
+    A sequence over `max_length` is never cut: `overlong` says whether it is an error or skipped
+    (and counted in the training record).
+    """
+    ids, base_sequences, assistant_ids, skipped = [], [], [], []
     for example in tqdm(examples, desc=f"encode {source}", unit="example", leave=False):
         sequence = base.training_sequence(example, n, drop_last_token)
         if len(sequence.ids) > max_length:
+            if overlong == "skip":
+                skipped.append(example["id"])
+                continue
             raise DataError(
                 f"{source}: example {example['id']!r} is {len(sequence.ids)} tokens long, over "
-                f"train.max_length={max_length}; raise max_length (sequences are never cut)"
+                f"train.max_length={max_length}; raise max_length or set train.overlong: skip "
+                "(sequences are never cut)"
             )
+        ids.append(example["id"])
         base_sequences.append(sequence)
         assistant_ids.append(assistant.assistant_ids(example, n))
-    return TrainingData([e["id"] for e in examples], base_sequences, assistant_ids)
+    if not ids:
+        raise DataError(f"{source}: every example is over train.max_length={max_length}")
+    return TrainingData(ids, base_sequences, assistant_ids, tuple(skipped))
 
 
 def compute_states(
@@ -477,6 +491,7 @@ def train_softcot_projector(context: TrainingContext) -> dict[str, Any]:
         settings["drop_last_train_token"],
         settings["max_length"],
         str(context.train_file),
+        settings["overlong"],
     )
     metadata = state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256)
     states_path = (
@@ -500,6 +515,8 @@ def train_softcot_projector(context: TrainingContext) -> dict[str, Any]:
         "dataset": context.dataset,
         "num_thought_tokens": n,
         "examples": len(data),
+        "skipped_overlong": len(data.skipped),
+        "skipped_overlong_ids": list(data.skipped),
         "data_sha256": data_sha256,
         "prompt_set": prompt_set.name,
         "prompt_set_sha256": prompt_set.sha256,
@@ -535,8 +552,8 @@ class TrainingContext:
 
 
 def validate_settings(settings: Any, origin: str) -> dict[str, Any]:
-    """Check a train step's settings: the method, the pair, the option format, and every key of
-    params.schema.yaml's train section (nothing falls back silently)."""
+    """Check a train step's settings: the method, the pair, the option format, and every train key
+    the method reads (its `train_keys`, by params.schema.yaml; nothing falls back silently)."""
     if not isinstance(settings, dict):
         raise ConfigError(f"{origin}: the train settings must be a JSON object")
     for key in ("kind", "pair", "option_format"):
@@ -546,10 +563,16 @@ def validate_settings(settings: Any, origin: str) -> dict[str, Any]:
     roles = {"base", "assistant"} if method.uses_assistant else {"base"}
     if not isinstance(settings["pair"], dict) or set(settings["pair"]) != roles:
         raise ConfigError(f"{origin}: 'pair' must name the models {sorted(roles)}, got {settings['pair']!r}")
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    section = {**schema["$defs"]["train_settings"], "$defs": schema["$defs"]}
-    section["required"] = sorted(section["properties"])
-    section["properties"] = {**section["properties"], "kind": {}, "pair": {}, "option_format": {}}
+    defs = yaml.safe_load(SCHEMA_PATH.read_text())["$defs"]
+    known = {**defs["train_settings"]["properties"], **defs["train_options"]["properties"]}
+    keys = method.train_keys or list(defs["train_settings"]["properties"])  # the method's keys, no other
+    section = {
+        "type": "object",
+        "$defs": defs,
+        "additionalProperties": False,
+        "required": sorted(keys),
+        "properties": {**{key: known[key] for key in keys}, "kind": {}, "pair": {}, "option_format": {}},
+    }
     errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
     if errors:
         lines = [
@@ -582,13 +605,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="the checkpoint file to write")
     parser.add_argument("--record", required=True, help="the training record (JSON) to write")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument(
-        "--local-path",
-        action="append",
-        default=[],
-        metavar="MODEL=DIR",
-        help="load MODEL as materialized from a pre-downloaded directory (params models.local_paths)",
-    )
+    add_local_path_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

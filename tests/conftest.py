@@ -58,8 +58,9 @@ def _prompt_corpus() -> list[str]:
         if isinstance(node, str):
             texts.append(node)
         elif isinstance(node, dict):
-            for value in node.values():
-                walk(value)
+            for key, value in node.items():
+                if key != "by_base_backbone":  # Qwen3's training variants: no tiny model reads them
+                    walk(value)
 
     walk(yaml.safe_load((PROMPTS_DIR / "paper.yaml").read_text()))
     return texts + [gsm8k_example(i)["question"] for i in range(20)]

@@ -103,7 +103,8 @@ def test_one_flipped_byte_in_the_mirror_is_caught(tmp_path):
     path.write_bytes(bytes(content))
     out = tmp_path / "test.jsonl"
     with pytest.raises(ChecksumError) as info:
-        prepare("aqua", "test", {"variant": "offline"}, RawFiles(load_registry(), mirror=copy), out)
+        settings = {"variant": "offline", "aqua_train_subset": {"size": None, "seed": 0}}
+        prepare("aqua", "test", settings, RawFiles(load_registry(), mirror=copy), out)
     message = str(info.value)
     assert "test.json" in message
     assert load_registry()["aqua/test.json"].sha256 in message

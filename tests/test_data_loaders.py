@@ -103,7 +103,7 @@ def test_aqua_options_kept_separately_without_prefix(tmp_path):
 def test_aqua_bad_options_or_gold(tmp_path, change, message):
     path = jsonl(tmp_path / "dev.json", [AQUA_ROW, dict(AQUA_ROW, **change)])
     with pytest.raises(DataError, match=rf"dev.json:2: {message}"):
-        aqua.load({"aqua/dev.json": path}, "train", {})
+        aqua.load({"aqua/dev.json": path}, "train", {"aqua_train_subset": {"size": None, "seed": 0}})
 
 
 # --- StrategyQA -------------------------------------------------------------------------------

@@ -183,3 +183,21 @@ def test_cli_rejects_settings_that_are_not_json(tmp_path, monkeypatch, capsys):
     )
     assert status == 2
     assert "--settings: not valid JSON" in capsys.readouterr().err
+
+
+def test_the_aqua_train_subset_is_a_seeded_sample_in_file_order(tmp_path):
+    rows = [
+        {"question": f"q{i}", "options": ["A)1", "B)2"], "rationale": "r", "correct": "A"} for i in range(20)
+    ]
+    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    files = fixture_mirror(tmp_path, {"aqua/dev.json": body, "aqua/test.json": body})
+    settings = {"variant": "offline", "aqua_train_subset": {"size": 5, "seed": 1}}
+    out = tmp_path / "train.jsonl"
+    assert prepare("aqua", "train", settings, files, out) == 5
+    questions = [json.loads(line)["question"] for line in out.read_text().splitlines()]
+    assert questions == sorted(questions, key=lambda q: int(q[1:])) and len(set(questions)) == 5
+    again = tmp_path / "again.jsonl"
+    prepare("aqua", "train", settings, files, again)
+    assert again.read_bytes() == out.read_bytes()
+    # The test split is never subsampled.
+    assert prepare("aqua", "test", settings, files, tmp_path / "test.jsonl") == 20

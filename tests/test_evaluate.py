@@ -9,11 +9,15 @@ import torch
 
 from softcot import evaluate as ev
 from softcot.config import Config
+from softcot.errors import DataError
 from softcot.io import load_jsonl
 from softcot.methods import method_class
 from softcot.methods.assist_cot import assistant_hints
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set
+from softcot.records import Evaluation
+from softcot.resources import CPU_BATCH_SIZE
+from softcot.shards import merge, read_rows, shard_bounds
 from softcot.thoughts import Projector
 from softcot.voting import vote
 
@@ -266,3 +270,137 @@ def test_an_unreadable_partial_file_is_discarded(tmp_path):
     partial.write_bytes(b'{"fingerprint": "f"}\nnot json\n{"example": 0, "seed": 41, "sample": 0}\n')
     with pytest.warns(UserWarning, match="starting over"):
         assert ev.load_partial(partial, "f") == {}
+
+
+# --- sharded evaluation ---------------------------------------------------------------------------
+def run_shards(kind, tiny_base, tiny_assistant, examples, shards: int, out_dir) -> list:
+    """Each shard evaluated as its own job would be (its own slice, batch size and partial file)."""
+    files = []
+    for shard in range(1, shards + 1):
+        lo, hi = shard_bounds(len(examples), shard, shards)
+        job = make_job(kind, tiny_base, tiny_assistant, examples[lo:hi], batch_size=3)
+        files.append(ev.evaluate_shard(job, out_dir / "shards" / f"{shard}-of-{shards}.jsonl", shard, shards))
+    return files
+
+
+@pytest.mark.parametrize("kind", ["cot", "softcot", "assist-cot"])
+def test_sharded_and_unsharded_evaluations_write_the_same_prediction_bytes(
+    kind, tiny_base, tiny_assistant, gsm8k_examples, tmp_path
+):
+    whole = tmp_path / "whole"
+    job = make_job(kind, tiny_base, tiny_assistant, gsm8k_examples, batch_size=4)
+    run_eval(job, whole)
+    for shards in (3, 8):  # 8 shards of 6 examples: two of them are empty
+        out = tmp_path / f"{shards}-shards"
+        files = run_shards(kind, tiny_base, tiny_assistant, gsm8k_examples, shards, out)
+        assert not list((out / "shards").glob(".*partial*"))  # each shard removed its own partial file
+        evaluation = Evaluation("tiny", "gsm8k", kind, job.settings, gsm8k_examples)
+        seeds = job.settings["seeds"]
+        merge(
+            evaluation,
+            files,
+            [out / f"seed{s}.jsonl" for s in seeds],
+            [out / f"seed{s}.metrics.json" for s in seeds],
+        )
+        for seed in seeds:
+            assert (out / f"seed{seed}.jsonl").read_bytes() == (whole / f"seed{seed}.jsonl").read_bytes()
+            merged = json.loads((out / f"seed{seed}.metrics.json").read_text())
+            single = json.loads((whole / f"seed{seed}.metrics.json").read_text())
+            assert {k: v for k, v in merged.items() if k != "tokens_per_second"} == {
+                k: v for k, v in single.items() if k != "tokens_per_second"
+            }
+
+
+def test_a_merge_refuses_shards_that_do_not_cover_the_evaluation(
+    tiny_base, tiny_assistant, gsm8k_examples, tmp_path
+):
+    files = run_shards("cot", tiny_base, tiny_assistant, gsm8k_examples, 2, tmp_path)
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples)
+    outputs = (
+        [tmp_path / f"seed{s}.jsonl" for s in job.settings["seeds"]],
+        [tmp_path / f"seed{s}.metrics.json" for s in job.settings["seeds"]],
+    )
+    evaluation = Evaluation("tiny", "gsm8k", "cot", job.settings, gsm8k_examples)
+    with pytest.raises(DataError, match="holds shard 2 of 2, expected 1 of 2"):
+        merge(evaluation, files[::-1], *outputs)
+    with pytest.raises(DataError, match="other settings"):
+        merge(
+            Evaluation("tiny", "gsm8k", "cot", dict(job.settings, top_p=0.5), gsm8k_examples), files, *outputs
+        )
+    with pytest.raises(DataError, match="other examples"):
+        merge(Evaluation("tiny", "gsm8k", "cot", job.settings, gsm8k_examples[:5]), files, *outputs)
+    lines = files[1].read_text().splitlines(keepends=True)
+    files[1].write_text("".join(lines[:-1]))  # one row lost
+    with pytest.raises(DataError, match="lack 1 rows"):
+        merge(evaluation, files, *outputs)
+    assert not outputs[0][0].exists()
+
+
+def test_a_shard_resumes_from_its_own_partial_file(
+    tiny_base, tiny_assistant, gsm8k_examples, tmp_path, monkeypatch
+):
+    reference = run_shards("cot", tiny_base, tiny_assistant, gsm8k_examples, 2, tmp_path / "reference")
+    real_run_batch, calls = ev.run_batch, []
+
+    def crash_on_second(job, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_batch(job, rows, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "run_batch", crash_on_second)
+    rows_file = tmp_path / "crashed" / "shards" / "2-of-2.jsonl"
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples[3:], batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate_shard(job, rows_file, 2, 2)
+    assert len(load_jsonl(ev.shard_partial(rows_file))) == 1 + 3  # header + one batch of 3 rows
+    calls.clear()
+    monkeypatch.setattr(
+        ev,
+        "run_batch",
+        lambda job, rows, *a, **k: calls.append(len(rows)) or real_run_batch(job, rows, *a, **k),
+    )
+    ev.evaluate_shard(
+        make_job("cot", tiny_base, tiny_assistant, gsm8k_examples[3:], batch_size=3), rows_file, 2, 2
+    )
+    assert sum(calls) == 3 * 2 - 3
+    assert read_rows(rows_file)[1] == read_rows(reference[1])[1]
+    assert not ev.shard_partial(rows_file).exists()
+
+
+def test_the_projection_and_splice_keep_no_autograd_graph(tiny_base, tiny_assistant, gsm8k_examples):
+    job = make_job("softcot", tiny_base, tiny_assistant, gsm8k_examples[:2], seeds=[41])
+    job.artefact.requires_grad_(True)  # even a trainable projector builds no graph at evaluation
+    prompts = job.method.base_prompts(job)
+    job.method.prepare(job)
+    ids, mask = ev.left_pad(prompts, tiny_base.pad_id)
+    embeds = job.method.input_embeddings(job, [ev.Row(0, 41, 0), ev.Row(1, 41, 0)], ids, mask)
+    assert not embeds.requires_grad and embeds.grad_fn is None
+
+
+def test_the_assistant_pass_builds_no_kv_cache(tiny_base, tiny_assistant, gsm8k_examples, monkeypatch):
+    job = make_job("softcot", tiny_base, tiny_assistant, gsm8k_examples[:2], seeds=[41])
+    seen = []
+    hook = tiny_assistant.model.base_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append((kwargs.get("use_cache"), out.past_key_values)),
+        with_kwargs=True,
+    )
+    try:
+        job.method.prepare(job)
+    finally:
+        hook.remove()
+    assert seen and all(use_cache is False and cache is None for use_cache, cache in seen)
+
+
+def test_auto_batch_size_keeps_todays_size_off_a_gpu(tiny_base, tiny_assistant, gsm8k_examples, capsys):
+    job = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=None)
+    assert job.rows_per_batch(tiny_base, 100, 32, 1000) == CPU_BATCH_SIZE
+    assert "batch size auto -> 32 rows" in capsys.readouterr().err
+    reference = make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=32)
+    assert (
+        make_job("cot", tiny_base, tiny_assistant, gsm8k_examples, batch_size=7).rows_per_batch(
+            tiny_base, 100, 32, 1000
+        )
+        == 7
+    )
+    assert reference.rows_per_batch(tiny_base, 100, 32, 1000) == 32

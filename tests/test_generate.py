@@ -6,14 +6,19 @@ import os
 import subprocess
 import sys
 
+import generate_oracle
 import pytest
 import torch
+from generate_oracle import oracle_generate
+from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import softcot.generate
 from softcot.errors import ConfigError
 from softcot.generate import (
     Generation,
     SamplingConfig,
+    _uniform_table,
     apply_repetition_penalty,
     choose_tokens,
     generate,
@@ -355,6 +360,78 @@ def test_repetition_penalty_steers_generation_away_from_seen_tokens(model):
     assert len(set(penalized)) == len(penalized)
     generated_only = greedy(100.0, "generated")  # the default scope: no repeats among new tokens
     assert len(set(generated_only)) == len(generated_only)
+
+
+# --- the decode loop against the loop it replaced (tests/generate_oracle.py) -------------------
+
+MANY_STOPS = (3, 17, 42, 61, 77, 99)  # frequent enough that rows stop at many different steps
+
+
+def stop_staggered_batch(n_rows: int = 12) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    names = list(PROMPTS) * 3
+    ids, mask = left_pad([PROMPTS[name] for name in names[:n_rows]], PAD)
+    return ids, mask, [1000 + 7 * row for row in range(n_rows)]
+
+
+@pytest.mark.parametrize("config_name", [*CONFIGS, "greedy"])
+def test_the_decode_loop_gives_the_oracles_tokens(model, config_name):
+    config = CONFIGS.get(config_name, SamplingConfig(greedy=True, max_new_tokens=12))
+    config = SamplingConfig(**{**config.__dict__, "max_new_tokens": 30})
+    ids, mask, seeds = stop_staggered_batch()
+    ours = generate(model, ids, mask, seeds, config, MANY_STOPS, PAD)
+    assert ours == oracle_generate(model, ids, mask, seeds, config, MANY_STOPS, PAD)
+    if not config.greedy:
+        assert len({row.num_tokens for row in ours}) > 3  # rows stopped at many different steps
+    embeds = model.get_input_embeddings()(ids) * 1.5
+    with_embeds = generate(model, ids, mask, seeds, config, MANY_STOPS, PAD, inputs_embeds=embeds)
+    assert with_embeds == oracle_generate(
+        model, ids, mask, seeds, config, MANY_STOPS, PAD, inputs_embeds=embeds
+    )
+
+
+def test_the_uniform_table_is_one_draw_per_step_from_each_rows_generator():
+    seeds = [row_seed(41, "gsm8k-test-00001"), 7, 2**62 + 5]
+    table = _uniform_table(seeds, 40)
+    for seed, row in zip(seeds, table, strict=True):
+        generator = torch.Generator().manual_seed(seed)
+        assert row.tolist() == [torch.rand(1, generator=generator).item() for _ in range(40)]
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts reads of tensor values by the host made from softcot.generate's `generate` itself."""
+
+    READS = {torch.Tensor.cpu, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__}
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source, self.reads = source, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        caller = sys._getframe(1).f_code
+        if func in self.READS and caller.co_filename == self.source and caller.co_name.endswith("generate"):
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_reads_the_device_once(model):
+    """One read of the finished flags per step (and the results at the end), however many rows
+    stop; the old loop read the device again at every step where a row stopped."""
+    ids, mask, seeds = stop_staggered_batch()
+    config = SamplingConfig(top_k=30, repetition_penalty=1.3, max_new_tokens=30)
+    steps = []
+    hook = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        with _HostReads(softcot.generate.__file__) as ours:
+            rows = generate(model, ids, mask, seeds, config, MANY_STOPS, PAD)
+        decode_steps = len(steps) - 1  # the first forward is the prompt's
+        with _HostReads(generate_oracle.__file__) as old:
+            oracle_generate(model, ids, mask, seeds, config, MANY_STOPS, PAD)
+    finally:
+        hook.remove()
+    loop_steps = max(row.num_tokens for row in rows)  # the last step ends the loop without a forward
+    assert loop_steps == decode_steps + 1
+    assert ours.reads <= loop_steps + 6  # + each result tensor's .cpu() and .tolist()
+    assert old.reads > ours.reads
 
 
 class _Counter:

@@ -260,3 +260,50 @@ def test_a_missing_directory_is_a_model_error(tmp_path):
         ModelError, match=r"absent \(model llama-3.1-8b-instruct: source.path\): not a directory"
     ):
         materialize_spec(spec, tmp_path / "models")
+
+
+def test_a_local_llama_pair_materializes_trains_and_evaluates_through_the_commands(
+    tmp_path, local_llama, real_tokenizer_dirs, offline, gsm8k_examples
+):
+    """Both paper Llama models redirected to pre-downloaded directories, end to end with `softcot`."""
+    from softcot.io import load_jsonl, write_jsonl_atomic
+    from softcot.plan import Plan
+
+    assistant = "llama-3.2-1b-instruct"
+    assistant_dir = write_model_dir(tmp_path / "Llama-3.2-1B", real_tokenizer_dirs["llama3"], None)
+    redirect = ["--local-path", f"{LLAMA}={local_llama}", "--local-path", f"{assistant}={assistant_dir}"]
+    models = tmp_path / "models"
+    assert cli.main(["materialize", LLAMA, assistant, "--models-dir", str(models), *redirect]) == 0
+
+    write_jsonl_atomic(tmp_path / "train.jsonl", gsm8k_examples)
+    write_jsonl_atomic(tmp_path / "test.jsonl", [dict(e, split="test") for e in gsm8k_examples[:2]])
+    plan = Plan.load(Path(__file__).resolve().parent.parent / "params.yaml", {"preset": "paper"})
+    train_settings = dict(plan.train("projector", "llama", "gsm8k").settings, epochs=1, limit=2, batch_size=2)
+    checkpoint = tmp_path / "projector.safetensors"
+    common = ["--pair", "llama", "--dataset", "gsm8k", "--models-dir", str(models), *redirect]
+    assert (
+        cli.main(
+            [
+                "train",
+                *common,
+                "--settings",
+                json.dumps(train_settings),
+                "--train",
+                str(tmp_path / "train.jsonl"),
+            ]
+            + ["--states", str(tmp_path / "states"), "--checkpoint", str(checkpoint)]
+            + ["--record", str(tmp_path / "projector.json")]
+        )
+        == 0
+    )
+    eval_settings = dict(plan.evaluate("llama", "gsm8k", "softcot").settings, seeds=[41], max_new_tokens=3)
+    predictions = tmp_path / "seed41.jsonl"
+    assert (
+        cli.main(
+            ["evaluate", *common, "--method", "softcot", "--settings", json.dumps(eval_settings)]
+            + ["--test", str(tmp_path / "test.jsonl"), "--artefact", str(checkpoint)]
+            + ["--predictions", str(predictions), "--metrics", str(tmp_path / "seed41.metrics.json")]
+        )
+        == 0
+    )
+    assert [r["id"] for r in load_jsonl(predictions)] == [e["id"] for e in gsm8k_examples[:2]]

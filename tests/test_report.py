@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from softcot import report, stats
+from softcot.answers import extract_answer, is_correct
 from softcot.cli import main
 from softcot.errors import DataError
 from softcot.io import write_json_atomic, write_jsonl_atomic
@@ -27,44 +28,80 @@ def make_spec(**overrides) -> dict:
         "average": True,
         "baseline": "cot",
         "preset": "tiny",
+        "primary_extractor": "robust",
         "dropped_rows": ["Left out"],
         "rows": [
-            {"key": "cot", "label": "Zero-Shot CoT", "pair": "p", "method": "cot", "seeds": SEEDS},
-            {"key": "same", "label": "No effect", "pair": "p", "method": "cot-unk", "seeds": SEEDS},
-            {"key": "better", "label": "Planted effect", "pair": "q", "method": "softcot", "seeds": SEEDS},
+            {
+                "key": "cot",
+                "label": "Zero-Shot CoT",
+                "pair": "p",
+                "method": "cot",
+                "seeds": SEEDS,
+                "limit": None,
+            },
+            {
+                "key": "same",
+                "label": "No effect",
+                "pair": "p",
+                "method": "cot-unk",
+                "seeds": SEEDS,
+                "limit": None,
+            },
+            {
+                "key": "better",
+                "label": "Planted effect",
+                "pair": "q",
+                "method": "softcot",
+                "seeds": SEEDS,
+                "limit": None,
+            },
         ],
     }
     return spec | overrides
 
 
-def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None, extractor="robust"):
+GOLD = {"gsm8k": ("1", "2"), "aqua": ("A", "B")}  # (the gold answer, a wrong one)
+
+
+def boxed(answer: str) -> str:
+    return f"... the final answer is: $\\boxed{{{answer}}}$."
+
+
+def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None, outputs=None):
+    """A prediction file as the evaluation writes it (robust extractor, fixed vote); `outputs`
+    overrides the raw outputs (default: the gold answer boxed when correct, a wrong one otherwise)."""
     ids = ids or [f"{dataset}-{i:04d}" for i in range(len(correct))]
-    records = [
-        {
-            "id": example_id,
-            "dataset": dataset,
-            "pair": row["pair"],
-            "method": row["method"],
-            "seed": seed,
-            "output": "... the final answer is: $\\boxed{1}$.",
-            "prediction": "1",
-            "gold": "1" if ok else "2",
-            "correct": bool(ok),
-            "generated_tokens": 12,
-        }
-        for example_id, ok in zip(ids, correct, strict=True)
-    ]
+    gold, wrong = GOLD[dataset]
+    outputs = outputs or [boxed(gold if ok else wrong) for ok in correct]
+    records = []
+    for example_id, output in zip(ids, outputs, strict=True):
+        prediction = extract_answer(dataset, output, "robust")
+        records.append(
+            {
+                "id": example_id,
+                "dataset": dataset,
+                "pair": row["pair"],
+                "method": row["method"],
+                "seed": seed,
+                "output": output,
+                "prediction": prediction,
+                "gold": gold,
+                "correct": is_correct(dataset, prediction, gold, "robust"),
+                "generated_tokens": 12,
+            }
+        )
     where = (root, row["pair"], dataset, row["method"], seed)
     write_jsonl_atomic(report.prediction_path(*where), records)
     write_json_atomic(
         report.metrics_path(*where),
         {
-            "accuracy": float(np.mean(correct)),
+            "accuracy": float(np.mean([r["correct"] for r in records])),
             "n": len(records),
             "extraction_failures": 0,
             "mean_generated_tokens": 12.0,
             "tokens_per_second": 3.5,
-            "extractor": extractor,
+            "extractor": "robust",
+            "vote": "fixed",
             "settings": {"temperature": 1.0},
         },
     )
@@ -72,7 +109,7 @@ def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None
 
 def write_prepared(root: Path, datasets, n: int):
     for ds in datasets:
-        records = [{"id": f"{ds}-{i:04d}", "question": "q", "answer": "1"} for i in range(n)]
+        records = [{"id": f"{ds}-{i:04d}", "question": "q", "answer": GOLD[ds][0]} for i in range(n)]
         write_jsonl_atomic(report.prepared_test_path(root, ds), records)
 
 
@@ -106,22 +143,23 @@ def test_planted_effect_is_significant_and_no_effect_is_not(synthetic):
     spec, tmp_path = synthetic
     table = build(spec, tmp_path)
     for ds in spec["datasets"]:
-        better, same = table.comparisons["better", ds], table.comparisons["same", ds]
+        better, same = table.comparisons["robust"]["better", ds], table.comparisons["robust"]["same", ds]
         assert better.significant and better.p_adjusted < 0.01
         assert better.ci_low < 30 < better.ci_high  # the planted difference, in points
         assert better.ci_low < better.delta < better.ci_high
         assert not same.significant
-    assert ("cot", "gsm8k") not in table.comparisons  # the baseline is not tested against itself
+    assert ("cot", "gsm8k") not in table.comparisons["robust"]  # the baseline is not tested against itself
 
 
 def test_delta_is_the_difference_of_cell_means_and_holm_spans_the_table(synthetic):
     spec, tmp_path = synthetic
     table = build(spec, tmp_path)
-    for (key, ds), comparison in table.comparisons.items():
-        expected = table.cells[key, ds].accuracies.mean() - table.cells["cot", ds].accuracies.mean()
+    comparisons = table.comparisons["robust"]
+    for (key, ds), comparison in comparisons.items():
+        expected = table.accuracies("robust", key, ds).mean() - table.accuracies("robust", "cot", ds).mean()
         assert comparison.delta == pytest.approx(expected)
-    raw = np.array([c.p_value for c in table.comparisons.values()])
-    adjusted = np.array([c.p_adjusted for c in table.comparisons.values()])
+    raw = np.array([c.p_value for c in comparisons.values()])
+    adjusted = np.array([c.p_adjusted for c in comparisons.values()])
     assert len(raw) == 4  # 2 rows x 2 datasets
     smallest = np.argmin(raw)
     assert adjusted[smallest] == pytest.approx(min(1.0, 4 * raw[smallest]))
@@ -161,7 +199,7 @@ def test_std_over_seeds_and_average_column(tmp_path):
     assert float(avg["mean"]) == pytest.approx(155 / 3, abs=1e-5)
     assert float(avg["std"]) == pytest.approx(statistics.stdev([40, 45, 70]), abs=1e-5)
     assert avg["p_value"] == "" and avg["n_examples"] == "20"
-    assert json.loads(paths[2].read_text())["same"]["avg"] == pytest.approx(51.6667)
+    assert json.loads(paths[2].read_text())["same"] == pytest.approx(51.6667)  # the Avg column
 
     markdown = paths[0].read_text()
     assert "| No effect | 63.33 ± 15.28 | 40.00 ± 17.32 | 51.67 ± 16.07 |" in markdown
@@ -183,7 +221,10 @@ def test_md_csv_json_are_consistent(synthetic):
         if line.startswith("| ")
     }
     for record in csv_rows:
-        assert metrics[record["row"]][record["dataset"]] == pytest.approx(float(record["mean"]), abs=1e-4)
+        if record["dataset"] == "avg":
+            assert metrics[record["row"]] == pytest.approx(float(record["mean"]), abs=1e-4)
+        # The unprefixed statistics are the primary (robust) extractor's.
+        assert record["extractor"] == "robust" and record["mean"] == record["robust_mean"]
         mark = "†" if record["significant"] == "True" else ""
         cell = f"{float(record['mean']):.2f} ± {float(record['std']):.2f}{mark}"
         assert re.search(rf"\| {re.escape(cell)} (\||$)", lines[record["label"]]), (
@@ -195,11 +236,13 @@ def test_md_csv_json_are_consistent(synthetic):
             delta, low, high = (float(record[k]) for k in ("delta", "ci_low", "ci_high"))
             assert f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" in markdown
 
-    assert "Holm–Bonferroni over all 4 comparisons" in markdown
+    assert "Holm–Bonferroni over all 4 comparisons of each extractor's table" in markdown
     assert "sign-flip permutation test" in markdown and "2,000 resamples" in markdown
     assert "Seeds: 41, 42, 43." in markdown
     assert "Examples per dataset: gsm8k 200, aqua 200." in markdown
-    assert "Answer extractor: robust." in markdown
+    assert "Answers read by the **robust** extractor" in markdown
+    assert "## The same cells under the reference extractor" in markdown
+    assert "the evaluations recorded extractor robust with vote fixed" in markdown
     assert "Preset: tiny. Rows the preset lacks: Left out." in markdown
     assert re.search(r"git commit ([0-9a-f]{40}(\+dirty)?|unknown)\.", markdown)
     digest = report.sha256_file(tmp_path / "prepared" / "gsm8k" / "test.jsonl")[:12]
@@ -221,39 +264,47 @@ def test_missing_files_are_listed_and_nothing_is_written(synthetic):
     assert not out.exists()
 
 
-def test_example_ids_must_match_the_baseline(tmp_path):
+def test_rows_must_cover_the_same_examples_as_the_baseline(tmp_path):
     spec = make_spec(datasets=["gsm8k"], average=False)
+    spec["rows"][2]["limit"] = 3  # evaluated on the first 3 examples only
     for row in spec["rows"]:
-        ids = [f"gsm8k-{i}" for i in range(5)]
-        if row["key"] == "better":
-            ids[2] = "gsm8k-99"
         for seed in SEEDS:
-            write_seed(tmp_path / "pred", row, "gsm8k", seed, [True, False, True, True, False], ids=ids)
+            write_seed(
+                tmp_path / "pred", row, "gsm8k", seed, [True, False, True, True, False][: row["limit"]]
+            )
     write_prepared(tmp_path / "prepared", ["gsm8k"], 5)
     with pytest.raises(DataError) as error:
         build(spec, tmp_path)
     message = str(error.value)
     assert str(report.prediction_path(tmp_path / "pred", "q", "gsm8k", "softcot", 41)) in message
     assert str(report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)) in message
-    assert "gsm8k-99" in message and "gsm8k-2" in message
+    assert "gsm8k-0003" in message and "hold different examples" in message
 
 
-def test_example_ids_must_match_across_seeds(tmp_path):
+def test_every_seed_must_hold_every_test_example_once(tmp_path):
     spec = make_spec(datasets=["gsm8k"], rows=make_spec()["rows"][:1])
-    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 41, [True, False], ids=["a", "b"])
-    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 42, [True, False], ids=["a", "c"])
-    write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", 43, [True, False], ids=["a", "b"])
-    write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
-    with pytest.raises(DataError, match=r"seed41\.jsonl and .*seed42\.jsonl hold different examples"):
+    for seed in SEEDS:
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, False, True])
+    write_seed(
+        tmp_path / "pred", spec["rows"][0], "gsm8k", 42, [True, False], ids=["gsm8k-0000", "gsm8k-0001"]
+    )
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 3)
+    with pytest.raises(DataError, match=r"seed42\.jsonl: does not hold the test examples .*gsm8k-0002"):
         build(spec, tmp_path)
 
 
 @pytest.mark.parametrize(
     ("broken_line", "message"),
     [
-        ('{"id": "x", "correct": "yes"}', r"seed41\.jsonl:2: key 'correct' must be true or false"),
         ('{"correct": true}', r"seed41\.jsonl:2: record lacks key 'id'"),
-        ('{"id": "gsm8k-0000", "correct": true}', r"seed41\.jsonl:2: duplicate example id 'gsm8k-0000'"),
+        (
+            '{"id": "gsm8k-0000", "output": "", "prediction": null, "gold": "1", "correct": false}',
+            r"seed41\.jsonl:2: duplicate example id 'gsm8k-0000'",
+        ),
+        (
+            '{"id": "gsm8k-9999", "output": "", "prediction": null, "gold": "1", "correct": false}',
+            r"seed41\.jsonl:2: example 'gsm8k-9999' is not in .*test\.jsonl",
+        ),
     ],
 )
 def test_bad_prediction_records_name_file_and_line(tmp_path, broken_line, message):
@@ -262,9 +313,56 @@ def test_bad_prediction_records_name_file_and_line(tmp_path, broken_line, messag
         write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True])
     path = report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
     path.write_text(path.read_text() + broken_line + "\n")
+    metrics = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
+    metrics.write_text(json.dumps(dict(json.loads(metrics.read_text()), n=2)))
     write_prepared(tmp_path / "prepared", ["gsm8k"], 1)
     with pytest.raises(DataError, match=message):
         build(spec, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("correct", True, r"seed43\.jsonl:2: field 'correct' is True"),
+        ("gold", "2", r"seed43\.jsonl:2: field 'gold' is '2', but .*test\.jsonl says '1'"),
+        ("prediction", "1", r"seed43\.jsonl:2: field 'prediction' is '1', but the output reads '2'"),
+    ],
+)
+def test_an_edited_prediction_file_is_refused(tmp_path, field, value, message):
+    """A hand-edited cell (e.g. `correct` flipped to true) cannot change a table."""
+    spec = make_spec(datasets=["gsm8k"], rows=make_spec()["rows"][:1])
+    for seed in SEEDS:
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, False, True])
+    path = report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 43)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[1][field] = value
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 3)
+    with pytest.raises(DataError, match=message):
+        build(spec, tmp_path)
+
+
+def test_both_extractors_are_computed_from_the_raw_outputs(tmp_path):
+    """An output both extractors read alike, and one only the robust extractor reads right."""
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=make_spec()["rows"][:2])
+    tricky = "Step 1: 5 + 3 = 1. The answer is 1 apple, not 10."  # reference takes the last number
+    for row in spec["rows"]:
+        for seed in SEEDS:
+            outputs = [boxed("1"), tricky if row["key"] == "same" else boxed("1")]
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, [True, True], outputs=outputs)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
+    table = build(spec, tmp_path)
+    assert table.accuracies("robust", "same", "gsm8k").tolist() == [100.0] * 3
+    assert table.accuracies("reference", "same", "gsm8k").tolist() == [50.0] * 3
+    rows = {r["row"]: r for r in report.csv_rows(table)}
+    assert float(rows["same"]["robust_mean"]) == 100.0 and float(rows["same"]["reference_mean"]) == 50.0
+    assert float(rows["same"]["reference_delta"]) == -50.0
+
+    paper = build(dict(spec, primary_extractor="reference"), tmp_path)
+    markdown = report.render_markdown(paper)
+    assert markdown.index("| No effect | 50.00 ± 0.00") < markdown.index("| No effect | 100.00 ± 0.00")
+    assert report.metrics(paper) == {"cot": 100.0, "same": 50.0}
+    assert report.csv_rows(paper)[1]["mean"] == 50.0
 
 
 def test_metrics_must_describe_the_prediction_file(tmp_path):
@@ -273,7 +371,7 @@ def test_metrics_must_describe_the_prediction_file(tmp_path):
         write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, False])
     write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
     metrics = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 42)
-    metrics.write_text(json.dumps({"n": 3, "extractor": "robust"}))
+    metrics.write_text(json.dumps({"n": 3, "extractor": "robust", "vote": "fixed"}))
     with pytest.raises(DataError, match=r"seed42\.metrics\.json: key 'n' is 3 but .* has 2 records"):
         build(spec, tmp_path)
     metrics.write_text(json.dumps({"n": 2}))
@@ -286,10 +384,11 @@ def test_cli_with_params_writes_plot_table(tmp_path):
     spec = Plan.load(REPO / "params.yaml").table_spec("thought_tokens")
     assert all("x" in row for row in spec["rows"][1:]) and all(row["seeds"] for row in spec["rows"])
     rng = np.random.default_rng(5)
+    n = spec["rows"][0]["limit"]  # the tiny preset's evaluations cover the first `limit` examples
     for row in spec["rows"]:
         for seed in row["seeds"]:
-            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(6) < 0.5)
-    write_prepared(tmp_path / "prepared", ["gsm8k"], 6)
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(n) < 0.5)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], n + 3)
     out = tmp_path / "reports"
     args = ["table", "--table", "thought_tokens", "--params", str(REPO / "params.yaml")]
     args += ["--predictions", str(tmp_path / "pred"), "--prepared", str(tmp_path / "prepared")]

@@ -32,6 +32,7 @@ SETTINGS = {
     "drop_last_train_token": False,
     "limit": None,
     "max_length": 1024,
+    "overlong": "error",
     "kind": "softcot",
     "pair": {"assistant": "gemma-3-270m", "base": "smollm2-135m-instruct"},
     "option_format": None,
@@ -141,6 +142,21 @@ def test_too_long_sequences_are_an_error_naming_the_example(paper, tiny_base, ti
             50,
             "train.jsonl",
         )
+
+
+def test_overlong_sequences_can_be_skipped_and_are_counted(paper, tiny_base, tiny_assistant, gsm8k_examples):
+    renderers = [PromptRenderer(paper, m, None) for m in (tiny_base, tiny_assistant)]
+    gsm8k_examples = [
+        dict(e, question=e["question"] * (1 + 3 * (i % 2))) for i, e in enumerate(gsm8k_examples)
+    ]
+    lengths = [len(renderers[0].training_sequence(e, N).ids) for e in gsm8k_examples]
+    limit = min(lengths)
+    data = train.encode_training_data(gsm8k_examples, *renderers, N, False, limit, "train.jsonl", "skip")
+    expected_skips = [e["id"] for e, n in zip(gsm8k_examples, lengths, strict=True) if n > limit]
+    assert list(data.skipped) == expected_skips and expected_skips
+    assert len(data) == len(gsm8k_examples) - len(expected_skips)
+    with pytest.raises(DataError, match="every example is over"):
+        train.encode_training_data(gsm8k_examples, *renderers, N, False, 5, "train.jsonl", "skip")
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from softcot.config import Config
+from softcot.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = Config.load(ROOT / "params.yaml").table_names()
@@ -38,6 +40,30 @@ def test_dry_run_resolves_every_table(tmp_path, table, preset):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "evaluate" in result.stdout and "table" in result.stdout
+
+
+def test_the_paper_preset_shards_evaluations_and_sizes_each_job(tmp_path):
+    """`snakemake -n --config preset=paper`: eval.shards jobs per evaluation and a merge, each
+    shard's runtime from its workload; the tiny preset keeps one job per evaluation."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    paper = Plan.load(ROOT / "params.yaml", overrides={"preset": "paper"})
+    cells = {
+        (row["method"], ds)
+        for row in paper.table_spec("main_table")["rows"]
+        for ds in paper.table_spec("main_table")["datasets"]
+    }
+    result = snakemake("reports/main_table.md", "--config", "preset=paper", "-n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    blocks = result.stdout.split("\nrule ")[1:]
+    shards = [b for b in blocks if b.startswith("evaluate_shard:")]
+    merges = [b for b in blocks if b.startswith("merge_shards:")]
+    assert len(merges) == len(cells) and len(shards) == paper.shards("cot") * len(merges) > len(merges)
+    runtimes = {int(re.search(r"runtime=(\d+)", b).group(1)) for b in shards}
+    assert len(runtimes) > 1  # GSM8K's 1,319 examples ask for more time than Date's 250
+    assert not any(b.startswith("evaluate:") for b in blocks)
+    tiny = snakemake("reports/main_table.md", "-n", "--quiet", "rules", cwd=tmp_path)
+    assert "evaluate_shard" not in tiny.stdout and "merge_shards" not in tiny.stdout
+    assert re.search(rf"^evaluate\s+{len(cells)}$", tiny.stdout, re.MULTILINE), tiny.stdout
 
 
 def test_a_misspelt_key_stops_the_workflow_before_any_job(tmp_path):
@@ -75,7 +101,8 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
 
     env = dict(os.environ, SOFTCOT_DATA_MIRROR=str(MIRROR))
     result = subprocess.run(
-        ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2", "reports/main_table.md"],
+        ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
+        + ["reports/main_table.md", "reports/finetune_baselines.md"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -86,9 +113,11 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
 
     rows = list(csv.DictReader((tmp_path / "reports" / "main_table.csv").open()))
     cells = {(r["method"], r["dataset"]) for r in rows if r["dataset"] != "avg"}
-    methods = ["cot", "cot-unk", "assist-cot", "softcot"]
+    methods = ["cot", "cot-unk", "assist-cot", "softcot"]  # the tiny preset leaves out the _ft rows
     datasets = params["tables"]["main_table"]["datasets"]
     assert cells == {(m, d) for m in methods for d in datasets}
+    baselines = list(csv.DictReader((tmp_path / "reports" / "finetune_baselines.csv").open()))
+    assert [r["method"] for r in baselines] == ["cot", "lora", "coconut", "softcot"]
     assert all(r["n_seeds"] == "2" and r["n_examples"] == "3" for r in rows if r["dataset"] != "avg")
     markdown = (tmp_path / "reports" / "main_table.md").read_text()
     assert "SoftCoT" in markdown and "±" in markdown

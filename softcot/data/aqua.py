@@ -5,6 +5,7 @@ AQuA's .json files hold one JSON object per line.
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -52,4 +53,9 @@ def load(files: dict[str, Path], split: str, settings: dict) -> Loaded:
                 meta={"source_file": source_file, "line": lineno},
             )
         )
+    subset = settings["aqua_train_subset"] if split == "train" else {"size": None}
+    if subset["size"] is not None and subset["size"] < len(records):
+        # A seeded sample of the rows, in file order; ids keep the row's index in the full file.
+        keep = sorted(random.Random(subset["seed"]).sample(range(len(records)), subset["size"]))
+        records = [records[i] for i in keep]
     return Loaded(records)

@@ -25,6 +25,7 @@ class SplitSource:
 
     files: tuple[str, ...]
     substitute: str | None = None
+    examples: int | None = None  # the split's size with the default settings (sizes jobs only)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, DatasetSpec]:
             if "offline" not in by_variant or set(by_variant) - set(VARIANTS):
                 raise DataError(f"{path}: {name}.splits.{split}: needs `offline` and at most `paper`")
             splits[split] = {
-                variant: SplitSource(tuple(src["files"]), src.get("substitute"))
+                variant: SplitSource(tuple(src["files"]), src.get("substitute"), src.get("examples"))
                 for variant, src in by_variant.items()
             }
         if any("paper" in by_variant for by_variant in entry["splits"].values()) and (

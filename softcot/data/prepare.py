@@ -36,7 +36,7 @@ def check_settings(dataset: str, settings: dict) -> None:
         )
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     for key, value in settings.items():
-        key_schema = {"$defs": schema["$defs"], **schema["properties"]["data"]["properties"][key]}
+        key_schema = {"$defs": schema["$defs"], **schema["$defs"]["data_fields"]["properties"][key]}
         for error in jsonschema.Draft202012Validator(key_schema).iter_errors(value):
             path = "".join(f".{p}" for p in error.absolute_path)
             raise ConfigError(f"--settings for {dataset}: data.{key}{path}: {error.message}")

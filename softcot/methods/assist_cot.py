@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from softcot.generate import SamplingConfig, generate, left_pad
-from softcot.methods.base import Method, assistant_inputs
+from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
 
 if TYPE_CHECKING:
     from softcot.evaluate import Job
@@ -37,8 +37,11 @@ def assistant_hints(job: Job) -> list[str]:
     config = SamplingConfig(greedy=True, max_new_tokens=n)
     hints: list[str] = []
     device = job.assistant.model.device
-    for lo in tqdm(range(0, len(job.examples), job.batch_size), desc="assistant hints", unit="batch"):
-        indices = range(lo, min(lo + job.batch_size, len(job.examples)))
+    chunk = job.batch_size or job.rows_per_batch(
+        job.assistant, longest_assistant_prompt(job, n), n, len(job.examples)
+    )
+    for lo in tqdm(range(0, len(job.examples), chunk), desc="assistant hints", unit="batch"):
+        indices = range(lo, min(lo + chunk, len(job.examples)))
         ids, mask, starts = assistant_inputs(job, indices, n)
         # The reply's slot marks where the assistant's own text begins: cut the prompt there.
         prefixes = [ids[row, : int(start)].tolist() for row, start in enumerate(starts)]

@@ -44,18 +44,28 @@ GENERATION_KEYS = (
 class Artefact:
     """What a method trains per (pair, dataset): its name and the files it writes.
 
-    The files live in results/{name}s/{pair}/{dataset}/: `{name}.safetensors` (the checkpoint)
-    and `{name}.json` (the training record); resume and logging files go beside them.
+    By default the files live in results/{name}s/{pair}/{dataset}/: `{name}.safetensors` (the
+    checkpoint) and `{name}.json` (the training record). An artefact may name another directory
+    and file names (fields {name}, {pair}, {dataset}) and further files the training writes
+    beside the checkpoint (`extra`: (key, file name) pairs); resume and logging files go there too.
     """
 
     name: str
+    directory: str = "results/{name}s/{pair}/{dataset}"
+    checkpoint: str = "{name}.safetensors"
+    record: str = "{name}.json"
+    extra: tuple[tuple[str, str], ...] = ()
 
     def files(self, pair: str, dataset: str) -> dict[str, str]:
-        directory = f"results/{self.name}s/{pair}/{dataset}"
-        return {
-            "checkpoint": f"{directory}/{self.name}.safetensors",
-            "record": f"{directory}/{self.name}.json",
-        }
+        """Every output file by key: `checkpoint`, `record` and the extra keys."""
+        directory = self.directory.format(name=self.name, pair=pair, dataset=dataset)
+        names = {"checkpoint": self.checkpoint, "record": self.record, **dict(self.extra)}
+        return {key: f"{directory}/{name.format(name=self.name)}" for key, name in names.items()}
+
+    def log(self, pair: str, dataset: str) -> str:
+        """The training job's log, mirroring the directory (logs/projectors/{pair}/{dataset}.log)."""
+        directory = self.directory.format(name=self.name, pair=pair, dataset=dataset)
+        return f"logs/{directory.removeprefix('results/')}.log"
 
 
 class Method:
@@ -66,6 +76,9 @@ class Method:
     artefact: ClassVar[Artefact | None] = None
     # Evaluation settings read beyond GENERATION_KEYS.
     extra_eval_keys: ClassVar[tuple[str, ...]] = ()
+    # The keys of the train section its artefact's training reads (the artefact's own section,
+    # `train.<artefact>`, merged over the common keys); None: every common key.
+    train_keys: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def eval_keys(cls) -> tuple[str, ...]:
@@ -97,6 +110,11 @@ class Method:
     def train(self, context: Any) -> dict[str, Any]:
         """Train the artefact and write its files; return the training record."""
         raise NotImplementedError(f"method {self.kind!r} trains nothing")
+
+
+def longest_assistant_prompt(job: Job, n: int) -> int:
+    """Tokens of the job's longest assistant prompt (sizes an automatic batch; 1 without examples)."""
+    return max((len(job.assistant_renderer.assistant_ids(example, n)) for example in job.examples), default=1)
 
 
 def assistant_inputs(

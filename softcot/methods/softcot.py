@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from softcot.errors import ModelError
-from softcot.methods.base import Artefact, Method, assistant_inputs
+from softcot.methods.base import Artefact, Method, assistant_inputs, longest_assistant_prompt
 from softcot.prompts import locate_base_slots
 from softcot.thoughts import assistant_states, base_embeddings, load_projector, splice_thoughts
 
@@ -42,7 +42,7 @@ class SoftCoT(Method):
                 f"{path}: weight {list(projector.weight.shape)} does not map "
                 f"{job.assistant.spec.name} to {job.base.spec.name} (expected {expected})"
             )
-        job.artefact = projector
+        job.artefact = projector.requires_grad_(False)  # evaluation never trains it
 
     def base_prompts(self, job: Job) -> list[list[int]]:
         agp = bool(job.settings["add_generation_prompt"])
@@ -53,14 +53,16 @@ class SoftCoT(Method):
         """The assistant's states at its N slot positions for every example, computed once per job."""
         n = job.num_thoughts
         device = job.assistant.model.device
+        chunk = job.batch_size or job.rows_per_batch(
+            job.assistant, longest_assistant_prompt(job, n), 0, len(job.examples)
+        )
         chunks = []
-        for lo in tqdm(range(0, len(job.examples), job.batch_size), desc="soft thoughts", unit="batch"):
-            ids, mask, starts = assistant_inputs(
-                job, range(lo, min(lo + job.batch_size, len(job.examples))), n
-            )
+        for lo in tqdm(range(0, len(job.examples), chunk), desc="soft thoughts", unit="batch"):
+            ids, mask, starts = assistant_inputs(job, range(lo, min(lo + chunk, len(job.examples))), n)
             chunks.append(assistant_states(job.assistant.model, ids.to(device), mask.to(device), starts, n))
         self.states = torch.cat(chunks)
 
+    @torch.no_grad()
     def input_embeddings(
         self, job: Job, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor | None:

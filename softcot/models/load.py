@@ -23,6 +23,22 @@ class PlaceholderIds(NamedTuple):
     bot: int
     eot: int
 
+    @property
+    def template_writes_markers(self) -> bool:
+        """Whether the chat template itself writes BOT/EOT (then they may occur outside the slot)."""
+        return False
+
+
+class TemplateMarkerIds(PlaceholderIds):
+    """Placeholder ids of a model whose chat template writes BOT and EOT itself (Qwen3's
+    <think></think>): the slot is still the one run of N UNK with BOT before and EOT after it."""
+
+    __slots__ = ()
+
+    @property
+    def template_writes_markers(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -56,7 +72,7 @@ def resolve_token_ids(
 ) -> tuple[PlaceholderIds, list[int], int]:
     """(placeholder ids, stop ids, pad id) of the spec's token strings under this tokenizer."""
     placeholders = spec.placeholders
-    ids = PlaceholderIds(
+    ids = (TemplateMarkerIds if spec.template_writes_markers else PlaceholderIds)(
         unk=single_token_id(tokenizer, placeholders.unk, spec.name, "placeholders.unk"),
         bot=single_token_id(tokenizer, placeholders.bot, spec.name, "placeholders.bot"),
         eot=single_token_id(tokenizer, placeholders.eot, spec.name, "placeholders.eot"),

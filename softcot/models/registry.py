@@ -6,6 +6,7 @@ pinning a new revision is a YAML edit that the schema checks, not a code change.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import os
@@ -98,10 +99,63 @@ class ModelSpec:
     placeholders: Placeholders
     generation: Generation
     source: HubSource | PypiSource | LocalSource
+    # Qwen3 (protocol §4): its test prompt ends with the generation prompt whatever
+    # eval.add_generation_prompt says, and its template is rendered with enable_thinking=False.
+    test_generation_prompt: bool = False
+    chat_template_kwargs: Mapping[str, Any] | None = None
+    # Its chat template writes the BOT/EOT placeholder tokens itself (Qwen3's <think></think>),
+    # so they may occur outside the thought slot (softcot/prompts/placeholders.py).
+    template_writes_markers: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as plain JSON data (lists, not tuples): what is recorded and compared."""
-        return _plain(dataclasses.asdict(self))
+        """The spec as plain JSON data (lists, not tuples): what is recorded and compared. The
+        optional fields appear only when set, so specs written before they existed stay equal."""
+        plain = _plain(dataclasses.asdict(self))
+        for key, default in OPTIONAL_SPEC_FIELDS.items():
+            if plain[key] == default:
+                del plain[key]
+        return plain
+
+
+OPTIONAL_SPEC_FIELDS = {
+    "test_generation_prompt": False,
+    "chat_template_kwargs": None,
+    "template_writes_markers": False,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's shape as its config.json states it (registry.yaml `architectures`): what sizes its
+    weights and KV cache (softcot.resources) and builds a random-weight stand-in of it."""
+
+    model_type: str  # the Hugging Face config class: llama | qwen2 | qwen3 | gemma3_text
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool  # the LM head shares the input embedding
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count: embeddings (and an untied LM head), attention (Qwen2 adds q/k/v biases),
+        the gated MLP and the norms (Gemma 3 adds q/k norms and two more per layer, Qwen3 q/k norms)."""
+        attention = (
+            self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        )
+        if self.model_type == "qwen2":
+            attention += (self.heads + 2 * self.kv_heads) * self.head_dim
+        norms = 2 * self.hidden + (
+            2 * self.hidden + 2 * self.head_dim if self.model_type == "gemma3_text" else 0
+        )
+        if self.model_type == "qwen3":
+            norms += 2 * self.head_dim
+        layer = attention + 3 * self.hidden * self.intermediate + norms
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.layers * layer + self.hidden
 
 
 def _plain(value: Any) -> Any:
@@ -146,6 +200,9 @@ def _spec_from_mapping(name: str, raw: dict[str, Any]) -> ModelSpec:
             pad_token=generation["pad_token"],
         ),
         source=built_source,
+        test_generation_prompt=bool(raw.get("test_generation_prompt", False)),
+        chat_template_kwargs=dict(raw["chat_template_kwargs"]) if raw.get("chat_template_kwargs") else None,
+        template_writes_markers=bool(raw.get("template_writes_markers", False)),
     )
 
 
@@ -175,6 +232,21 @@ def _packaged_registry() -> dict[str, ModelSpec]:
     return load_registry(REGISTRY_PATH)
 
 
+@functools.cache
+def _packaged_architectures() -> dict[str, Architecture]:
+    _packaged_registry()  # validates the file
+    raw = yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8"))
+    return {name: Architecture(**entry) for name, entry in raw.get("architectures", {}).items()}
+
+
+def architecture(name: str) -> Architecture:
+    """The architecture facts of a registered model (registry.yaml `architectures`)."""
+    found = _packaged_architectures()
+    if name not in found:
+        raise ModelError(f"model {name!r} has no entry in {REGISTRY_PATH.name}'s architectures")
+    return found[name]
+
+
 def model_names() -> list[str]:
     return sorted(_packaged_registry())
 
@@ -202,6 +274,17 @@ def with_local_path(spec: ModelSpec, path: str | os.PathLike) -> ModelSpec:
     else:
         local = dataclasses.replace(source, path=os.fspath(path))
     return dataclasses.replace(spec, source=local)
+
+
+def add_local_path_argument(parser: argparse.ArgumentParser) -> None:
+    """`--local-path MODEL=DIR` (repeatable), for the commands that load models."""
+    parser.add_argument(
+        "--local-path",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="load MODEL as materialized from a pre-downloaded directory (params models.local_paths)",
+    )
 
 
 def parse_local_paths(items: Sequence[str]) -> dict[str, str]:

@@ -73,10 +73,11 @@ def _check_marker(
     name: str,
     example_ids: Sequence[str],
     what: str,
+    elsewhere: bool = False,
 ) -> None:
-    """The marker occurs exactly once per row, at `expected_at` [B]."""
+    """The marker occurs at `expected_at` [B], and (unless `elsewhere`) nowhere else."""
     is_marker = (ids == marker_id) & attention_mask.bool()
-    count = is_marker.sum(dim=1)
+    count = is_marker.sum(dim=1) if not elsewhere else torch.ones_like(expected_at)
     in_range = (expected_at >= 0) & (expected_at < ids.shape[1])
     at_place = is_marker.gather(1, expected_at.clamp(0, ids.shape[1] - 1).unsqueeze(1)).squeeze(1) & in_range
 
@@ -100,13 +101,19 @@ def locate_base_slots(
     """First UNK position of the base slot `BOT, N x UNK, EOT` in each row of `ids` [B, L] -> [B].
 
     `placeholder_ids` has integer fields `unk`, `bot`, `eot`. Without markers (the slot of an
-    evaluation prompt may omit them) BOT and EOT must not occur at all.
+    evaluation prompt may omit them) BOT and EOT must not occur at all. When the model's chat
+    template writes BOT and EOT itself (`template_writes_markers`, Qwen3's <think></think>), they
+    may also occur elsewhere; the slot is still unambiguous: the one run of N UNK, BOT right before
+    it and EOT right after it.
     """
+    elsewhere = bool(getattr(placeholder_ids, "template_writes_markers", False))
     starts = find_unk_runs(ids, attention_mask, placeholder_ids.unk, n, example_ids, "base prompt")
     for name, token_id, offset in (("BOT", placeholder_ids.bot, -1), ("EOT", placeholder_ids.eot, n)):
         if with_markers:
-            _check_marker(ids, attention_mask, token_id, starts + offset, name, example_ids, "base prompt")
-        else:
+            _check_marker(
+                ids, attention_mask, token_id, starts + offset, name, example_ids, "base prompt", elsewhere
+            )
+        elif not elsewhere:
             _check_absent(ids, attention_mask, token_id, name, example_ids, "base prompt")
     return starts
 
@@ -130,9 +137,11 @@ def locate_assistant_slots(
 ) -> torch.Tensor:
     """First UNK position of the assistant slot `N x UNK` in each row of `ids` [B, L] -> [B].
 
-    The assistant side has no BOT/EOT (protocol §3), so finding either is an error too.
+    The assistant side has no BOT/EOT (protocol §3), so finding either is an error too, except
+    for a model whose chat template writes them itself (Qwen3's empty think block before the reply).
     """
     starts = find_unk_runs(ids, attention_mask, placeholder_ids.unk, n, example_ids, "assistant prompt")
-    for name, token_id in (("BOT", placeholder_ids.bot), ("EOT", placeholder_ids.eot)):
-        _check_absent(ids, attention_mask, token_id, name, example_ids, "assistant prompt")
+    if not getattr(placeholder_ids, "template_writes_markers", False):
+        for name, token_id in (("BOT", placeholder_ids.bot), ("EOT", placeholder_ids.eot)):
+            _check_absent(ids, attention_mask, token_id, name, example_ids, "assistant prompt")
     return starts

@@ -49,7 +49,9 @@ class PromptRenderer:
     def conversation(self, turns: list[tuple[str, str]], add_generation_prompt: bool = False) -> str:
         """The text of a conversation of (role, content) turns, in this model's format."""
         if self.spec.chat_template:
-            kwargs = {} if self.spec.date_string is None else {"date_string": self.spec.date_string}
+            kwargs = dict(self.spec.chat_template_kwargs or {})  # Qwen3: enable_thinking=False
+            if self.spec.date_string is not None:
+                kwargs["date_string"] = self.spec.date_string
             messages = [{"role": role, "content": content} for role, content in turns]
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
@@ -67,10 +69,12 @@ class PromptRenderer:
     # --- token ids --------------------------------------------------------------------------
     def base_ids(self, example: Mapping[str, Any], n: int, add_generation_prompt: bool = False) -> list[int]:
         """The base model's evaluation prompt: the user turn only (no generation prompt by default,
-        protocol §4); at n = 0 the thought hint is left out."""
+        protocol §4, but always for a model whose reference prompt has one: Qwen3); at n = 0 the
+        thought hint is left out."""
         question = question_text(example, self.option_format)
         content = self.prompt_set.base_content(example["dataset"], question, self.base_slot(n))
-        return self.encode(self.conversation([("user", content)], add_generation_prompt))
+        agp = add_generation_prompt or self.spec.test_generation_prompt
+        return self.encode(self.conversation([("user", content)], agp))
 
     def hinted_ids(
         self, example: Mapping[str, Any], hint: str, add_generation_prompt: bool = False
@@ -78,7 +82,8 @@ class PromptRenderer:
         """The base prompt with `hint` text where the thought slot would be (Zero-Shot Assist-CoT)."""
         question = question_text(example, self.option_format)
         content = self.prompt_set.base_content(example["dataset"], question, hint)
-        return self.encode(self.conversation([("user", content)], add_generation_prompt))
+        agp = add_generation_prompt or self.spec.test_generation_prompt
+        return self.encode(self.conversation([("user", content)], agp))
 
     def assistant_ids(self, example: Mapping[str, Any], n: int) -> list[int]:
         """The assistant's input: its prompt, then a reply that ends with N x UNK (protocol §4)."""
@@ -101,8 +106,9 @@ class PromptRenderer:
         dataset = example["dataset"]
         family = self.prompt_set.family(dataset)
         question = question_text(example, self.option_format)
-        user = self.prompt_set.base_content(dataset, question, self.base_slot(n))
-        target = self.prompt_set.target(dataset, example, question)
+        backbone = self.spec.backbone  # Qwen3 trains on other prompts than it is tested on (§5.1)
+        user = self.prompt_set.train_content(dataset, question, self.base_slot(n), backbone)
+        target = self.prompt_set.target(dataset, example, question, backbone)
         ids = self.encode(self.conversation([("user", user), ("assistant", target)]))
         if self.spec.chat_template:
             prefix_text = self.conversation([("user", user)])
@@ -117,13 +123,18 @@ class PromptRenderer:
             )
         start = len(prefix)
         if self.spec.chat_template and family.supervise_from == "after_user_end_of_turn":
-            eot = ids.index(self.placeholder_ids.eot)
+            # The slot's EOT: right after the one run of N UNK (a template may write EOT too: Qwen3).
+            eot = ids.index(self.placeholder_ids.unk) + n
+            if ids[eot] != self.placeholder_ids.eot:
+                raise DataError(f"example {example['id']!r}: no EOT right after the thought slot")
             if eot + 2 > start:
                 raise DataError(
                     f"example {example['id']!r}: the thought slot is not the end of the user turn "
                     f"(EOT at {eot}, user turn ends at {start}); family {family.name!r} needs it there"
                 )
             start = eot + 2
-        if drop_last_token and family.reference_drops_last_token:
+        if drop_last_token and family.for_base(
+            backbone, "reference_drops_last_token", family.reference_drops_last_token
+        ):
             ids = ids[:-1]
         return TrainingSequence(ids=ids, supervised_from=start)

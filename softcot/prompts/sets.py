@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,15 @@ TEMPLATE_FIELDS = {
     "assistant": {"N", "question", "thoughts"},
     "target": {"question", "i", "line", "answer"},
     "plain_format": {"content"},
+    "train_base": {"question", "thoughts_hint", "thoughts"},
+}
+# What a family may change for the base model of one backbone, in training only (`by_base_backbone`:
+# Qwen3 is trained on other prompts and targets than it is tested on, protocol §5.1, §5.2, §5.6).
+BASE_BACKBONE_KEYS = {
+    "train_base",
+    "target_prefix",
+    "target_line_substitutions",
+    "reference_drops_last_token",
 }
 
 
@@ -83,6 +92,11 @@ class Family:
     target: dict[str, Any] | None
     supervise_from: str
     reference_drops_last_token: bool
+    by_base_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_base(self, backbone: str | None, key: str, default: Any) -> Any:
+        """A training-time value for a base model of `backbone` (its `by_base_backbone` entry)."""
+        return self.by_base_backbone.get(backbone or "", {}).get(key, default)
 
 
 @dataclass(frozen=True)
@@ -125,8 +139,25 @@ class PromptSet:
             family.assistant_reply, fields, f"{where}.reply"
         )
 
-    def target(self, dataset: str, example: Mapping[str, Any], question: str) -> str:
-        """The training target (protocol §5.6): the rationale as numbered steps, then the answer."""
+    def train_content(self, dataset: str, question: str, slot: str, backbone: str | None) -> str:
+        """The base model's user turn in a training sequence: the test prompt (`base_content`),
+        unless the family has a training prompt for the base's backbone (Qwen3, protocol §5.1)."""
+        family = self.family(dataset)
+        template = family.for_base(backbone, "train_base", None)
+        if template is None:
+            return self.base_content(dataset, question, slot)
+        where = f"{self.path}: families.{family.name}.by_base_backbone.{backbone}"
+        hint = fill(family.thoughts_hint, {"thoughts": slot}, f"{where}.thoughts_hint")
+        return fill(
+            template, {"question": question, "thoughts_hint": hint, "thoughts": slot}, f"{where}.train_base"
+        )
+
+    def target(
+        self, dataset: str, example: Mapping[str, Any], question: str, backbone: str | None = None
+    ) -> str:
+        """The training target (protocol §5.6): the rationale as numbered steps, then the answer.
+        A base of `backbone` may get a prefix and line substitutions (Qwen3's `<think>\n\n</think>`
+        and its partial line cleaning)."""
         family = self.family(dataset)
         where = f"{self.path}: families.{family.name}.target"
         if family.target is None:
@@ -147,12 +178,16 @@ class PromptSet:
         lines = list(example["rationale"])
         if "closing_step" in spec:
             lines.append(fill(spec["closing_step"], {"answer": answer}, f"{where}.closing_step"))
+        for pattern, replacement in family.for_base(backbone, "target_line_substitutions", []):
+            lines = [re.sub(pattern, replacement, line) for line in lines]
         fields = {"question": question, "answer": answer}
         steps = [
             fill(spec["step"], {**fields, "i": i, "line": line}, f"{where}.step")
             for i, line in enumerate(lines, start=1)
         ]
-        opening = fill(spec["opening"], fields, f"{where}.opening")
+        opening = family.for_base(backbone, "target_prefix", "") + fill(
+            spec["opening"], fields, f"{where}.opening"
+        )
         return opening + "".join(steps) + fill(spec["final"], fields, f"{where}.final")
 
 
@@ -223,7 +258,32 @@ def _family(name: str, raw: Any, where: str) -> Family:
         target=target,
         supervise_from=supervise_from,
         reference_drops_last_token=bool(raw.get("reference_drops_last_token", False)),
+        by_base_backbone=_by_base_backbone(raw.get("by_base_backbone", {}), f"{where}.by_base_backbone"),
     )
+
+
+def _by_base_backbone(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A family's training-time variants by base backbone, checked key by key."""
+    if not isinstance(raw, dict):
+        raise PromptError(f"{where}: expected a mapping of backbone -> variant")
+    for backbone, variant in raw.items():
+        here = f"{where}.{backbone}"
+        if not isinstance(variant, dict) or set(variant) - BASE_BACKBONE_KEYS:
+            raise PromptError(f"{here}: allowed keys are {sorted(BASE_BACKBONE_KEYS)}")
+        if "train_base" in variant:
+            _check_fields(
+                _require(variant, "train_base", str, here),
+                TEMPLATE_FIELDS["train_base"],
+                f"{here}.train_base",
+            )
+        for i, pair in enumerate(variant.get("target_line_substitutions", [])):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise PromptError(f"{here}.target_line_substitutions[{i}]: expected [pattern, replacement]")
+            try:
+                re.compile(pair[0])
+            except re.error as exc:
+                raise PromptError(f"{here}.target_line_substitutions[{i}]: bad pattern ({exc})") from exc
+    return {backbone: dict(variant) for backbone, variant in raw.items()}
 
 
 def prompt_set_names(directory: str | Path = PROMPTS_DIR) -> tuple[str, ...]:

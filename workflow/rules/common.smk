@@ -58,18 +58,54 @@ def materialize_runtime(wildcards):
 
 
 # --- training ---------------------------------------------------------------------------------
-def train_step(wildcards):
-    return PLAN.train(wildcards.artefact, wildcards.pair, wildcards.dataset)
+def train_step(artefact):
+    """The train step of `artefact` as a function of a job's wildcards (one rule per artefact)."""
+    return lambda wildcards: PLAN.train(artefact, wildcards.pair, wildcards.dataset)
+
+
+# Input and params functions from a step function (the train rules are made in a loop, so each
+# binds its own step here rather than in a lambda that would see the loop's last value).
+def step_inputs(step):
+    return lambda wildcards: step(wildcards).inputs
+
+
+def step_settings(step):
+    return lambda wildcards: step(wildcards).settings_json
+
+
+def step_local_paths(step):
+    """`--local-path` arguments for the step's redirected models; they cannot change an output."""
+    return lambda wildcards: PLAN.local_path_arguments(list(step(wildcards).settings["pair"].values()))
+
+
+# Runtime and memory come from each job's workload and the preset's figures (softcot/resources.py,
+# presets.<preset>.resources); a retry (e.g. after a SLURM time-out) asks for `attempt` times the time.
+def step_minutes(step):
+    return lambda wildcards, attempt: step(wildcards).runtime["minutes"] * attempt
+
+
+def step_mem_mb(step):
+    return lambda wildcards: step(wildcards).runtime["mem_mb"]
 
 
 def train_runtime(wildcards):
-    """Minutes: the tiny preset trains in a few; a paper pair on full GSM8K for most of a day."""
+    """Minutes of a training step that has no workload estimate (the thought probe's projector)."""
     return 60 if GPU_PER_JOB == 0 else 24 * 60
 
 
 # --- evaluation -------------------------------------------------------------------------------
 def eval_step(wildcards):
     return PLAN.evaluate(wildcards.pair, wildcards.dataset, wildcards.method)
+
+
+def eval_shard_step(wildcards):
+    return PLAN.evaluate_shard(
+        wildcards.pair, wildcards.dataset, wildcards.method, int(wildcards.shard), int(wildcards.shards)
+    )
+
+
+def merge_step(wildcards):
+    return PLAN.merge(wildcards.pair, wildcards.dataset, wildcards.method)
 
 
 def artefact_argument(wildcards, input):

@@ -1,0 +1,115 @@
+# The thought probe (softcot/probe.py): the base model's teacher-forced NLL of the gold target on
+# held-out examples under six conditions, with its own projector. `snakemake reports/thought_probe.md`
+# scores the test split; reports/thought_probe_validation.md scores the validation slice of the
+# train split, where the probe's training settings are chosen. The main tables' jobs are untouched.
+# Like training, the probe's jobs leave torch its own thread count: `--cores 1` must not halve them.
+from softcot.plan import PROBE_HELDOUT, PROBE_REPORTS
+
+
+rule probe_split:
+    input:
+        train=lambda wildcards: PLAN.probe_split(wildcards.dataset).inputs["train"],
+    output:
+        fit="results/probe/data/{dataset}/fit.jsonl",
+        validation="results/probe/data/{dataset}/validation.jsonl",
+    params:
+        settings=lambda wildcards: PLAN.probe_split(wildcards.dataset).settings_json,
+    conda:
+        "../envs/softcot.yaml"
+    log:
+        "logs/probe/data/{dataset}.log",
+    benchmark:
+        "logs/probe/data/{dataset}.bench.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "softcot probe split --dataset {wildcards.dataset} --settings {params.settings:q}"
+        " --train {input.train} --fit {output.fit} --validation {output.validation} > {log} 2>&1"
+
+
+# SoftCoT's training (softcot train) with probe.train on the fit part; its assistant state cache
+# is kept apart from the main projectors' (results/probe/states).
+rule probe_train:
+    input:
+        unpack(lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset).inputs),
+    output:
+        checkpoint="results/probe/{pair}/{dataset}/projector.safetensors",
+        record="results/probe/{pair}/{dataset}/projector.json",
+    params:
+        settings=lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset).settings_json,
+        local=lambda wildcards: PLAN.local_path_arguments(
+            list(PLAN.probe_train(wildcards.pair, wildcards.dataset).settings["pair"].values())
+        ),
+    conda:
+        "../envs/softcot.yaml"
+    log:
+        "logs/probe/{pair}/{dataset}/train.log",
+    benchmark:
+        "logs/probe/{pair}/{dataset}/train.bench.tsv"
+    resources:
+        mem_mb=8000 if GPU_PER_JOB == 0 else 64000,
+        runtime=train_runtime,
+        gpu=GPU_PER_JOB,
+    shell:
+        "softcot train --artefact projector --pair {wildcards.pair} --dataset {wildcards.dataset}"
+        " --settings {params.settings:q} --train {input.train} --models-dir results/models"
+        " --states results/probe/states --checkpoint {output.checkpoint} --record {output.record}"
+        " {params.local} > {log} 2>&1"
+
+
+rule probe_score:
+    input:
+        unpack(lambda wildcards: PLAN.probe(wildcards.pair, wildcards.dataset, wildcards.heldout).inputs),
+    output:
+        per_example="results/probe/{pair}/{dataset}/{heldout}/per_example.jsonl",
+    wildcard_constraints:
+        heldout=one_of(PROBE_HELDOUT),
+    params:
+        settings=lambda wildcards: PLAN.probe(wildcards.pair, wildcards.dataset, wildcards.heldout).settings_json,
+        local=lambda wildcards: PLAN.local_path_arguments(
+            list(PLAN.probe(wildcards.pair, wildcards.dataset, wildcards.heldout).settings["pair"].values())
+        ),
+    conda:
+        "../envs/softcot.yaml"
+    log:
+        "logs/probe/{pair}/{dataset}/{heldout}.log",
+    benchmark:
+        "logs/probe/{pair}/{dataset}/{heldout}.bench.tsv"
+    resources:
+        mem_mb=8000 if GPU_PER_JOB == 0 else 64000,
+        runtime=60 if GPU_PER_JOB == 0 else 240,
+        gpu=GPU_PER_JOB,
+    shell:
+        "softcot probe score --pair {wildcards.pair} --dataset {wildcards.dataset} --heldout {wildcards.heldout}"
+        " --settings {params.settings:q} --examples {input.examples} --fit {input.fit}"
+        " --projector {input.projector} --record {input.record} --models-dir results/models"
+        " --states results/probe/states --out {output.per_example} {params.local} > {log} 2>&1"
+
+
+rule probe_table:
+    input:
+        unpack(lambda wildcards: PLAN.probe_table(wildcards.probe).inputs),
+    output:
+        md="reports/{probe}.md",
+        csv="reports/{probe}.csv",
+        json="reports/{probe}.json",
+        png="reports/{probe}.png",
+    wildcard_constraints:
+        probe=one_of(PROBE_REPORTS),
+    params:
+        spec=lambda wildcards: PLAN.probe_table(wildcards.probe).settings_json,
+    conda:
+        "../envs/softcot.yaml"
+    log:
+        "logs/reports/{probe}.log",
+    benchmark:
+        "logs/reports/{probe}.bench.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "softcot probe table --name {wildcards.probe} --settings {params.spec:q}"
+        " --per-example {input.per_example} --records {input.records} --examples {input.examples}"
+        " --fit {input.fit} --md {output.md} --csv {output.csv} --json {output.json} --png {output.png}"
+        " > {log} 2>&1"
