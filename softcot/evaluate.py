@@ -308,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
             )
             print(args.rows)
             return 0
+    if method.artefact is not None:
+        method.check_artefact(Path(args.artefact))
     prompt_set = load_prompt_set(settings["prompt_set"])
     models = settings["pair"]
     local_paths = parse_local_paths(args.local_path)

@@ -414,3 +414,26 @@ def test_an_intact_resume_file_still_resumes(
     resumed = train_into(tmp_path / "crashed", *models)
     assert "resuming" in capsys.readouterr().out
     assert_same_outputs(clean, resumed)
+
+
+def test_a_garbage_projector_fails_the_evaluation_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from conftest import gsm8k_example
+
+    import softcot.models
+    from softcot import cli
+    from softcot.plan import Plan
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the projector was checked")
+
+    monkeypatch.setattr(softcot.models, "load_model", must_not_load)
+    garbage = tmp_path / "projector.safetensors"
+    garbage.write_bytes(b"\x00garbage" * 10)
+    write_jsonl_atomic(tmp_path / "test.jsonl", [gsm8k_example(0)])
+    settings = Plan.load().evaluate("tiny", "gsm8k", "softcot").settings
+    args = ["evaluate", "--pair", "tiny", "--dataset", "gsm8k", "--method", "softcot"]
+    args += ["--settings", __import__("json").dumps(settings), "--test", str(tmp_path / "test.jsonl")]
+    args += ["--artefact", str(garbage), "--predictions", str(tmp_path / "p.jsonl")]
+    args += ["--metrics", str(tmp_path / "m.json"), "--batch-size", "2"]
+    assert cli.main(args) == 2
+    assert f"{garbage}: not a readable projector checkpoint" in capsys.readouterr().err

@@ -85,6 +85,9 @@ class Method:
         return GENERATION_KEYS + cls.extra_eval_keys
 
     # --- evaluation ---------------------------------------------------------------------------
+    def check_artefact(self, path: Path) -> None:
+        """A cheap check of the artefact file, run before any model loads (default: none)."""
+
     def load_artefact(self, job: Job, path: Path) -> None:
         """Load the trained artefact into `job` (only methods with an artefact)."""
         raise NotImplementedError(f"method {self.kind!r} has no trained artefact")

@@ -16,7 +16,13 @@ from tqdm import tqdm
 from softcot.errors import ModelError
 from softcot.methods.base import Artefact, Method, assistant_inputs, longest_assistant_prompt
 from softcot.prompts import locate_base_slots
-from softcot.thoughts import assistant_states, base_embeddings, load_projector, splice_thoughts
+from softcot.thoughts import (
+    assistant_states,
+    base_embeddings,
+    check_projector_file,
+    load_projector,
+    splice_thoughts,
+)
 
 if TYPE_CHECKING:
     from softcot.evaluate import Job, Row
@@ -33,6 +39,9 @@ class SoftCoT(Method):
         self.states: torch.Tensor | None = None  # [examples, N, H_assistant]
 
     # --- evaluation ---------------------------------------------------------------------------
+    def check_artefact(self, path: Path) -> None:
+        check_projector_file(path)  # a corrupt projector fails before the models load
+
     def load_artefact(self, job: Job, path: Path) -> None:
         # A missing projector is an error, never a random projection (protocol §14 row 11).
         projector = load_projector(path, device=job.base.model.device)
