@@ -345,14 +345,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def metrics(table: Table) -> dict[str, float]:
-    """{row key: mean accuracy %} under the primary extractor: the Avg column where the table has
-    one, else its only (or first) dataset. Few short names keep `dvc exp show` legible; the csv has
-    every dataset and both extractors."""
+def metrics(table: Table) -> dict[str, dict[str, float]]:
+    """{"acc": {row key: mean accuracy %}} under the primary extractor: the Avg column where the
+    table has one, else its only (or first) dataset. Few short names keep `dvc exp show` legible
+    (`acc.softcot`; a bare `softcot` would collide with the `softcot` dependency's column); the csv
+    has every dataset and both extractors."""
     dataset = AVERAGE if table.spec.get("average") else table.spec["datasets"][0]
     return {
-        row["key"]: round(float(table.accuracies(table.primary, row["key"], dataset).mean()), 4)
-        for row in table.spec["rows"]
+        "acc": {
+            row["key"]: round(float(table.accuracies(table.primary, row["key"], dataset).mean()), 4)
+            for row in table.spec["rows"]
+        }
     }
 
 

@@ -199,7 +199,7 @@ def test_std_over_seeds_and_average_column(tmp_path):
     assert float(avg["mean"]) == pytest.approx(155 / 3, abs=1e-5)
     assert float(avg["std"]) == pytest.approx(statistics.stdev([40, 45, 70]), abs=1e-5)
     assert avg["p_value"] == "" and avg["n_examples"] == "20"
-    assert json.loads(paths[2].read_text())["same"] == pytest.approx(51.6667)  # the Avg column
+    assert json.loads(paths[2].read_text())["acc"]["same"] == pytest.approx(51.6667)  # the Avg column
 
     markdown = paths[0].read_text()
     assert "| No effect | 63.33 ± 15.28 | 40.00 ± 17.32 | 51.67 ± 16.07 |" in markdown
@@ -210,7 +210,8 @@ def test_md_csv_json_are_consistent(synthetic):
     paths = report.write_reports(build(spec, tmp_path), outputs(tmp_path / "reports"))
     assert [p.name for p in paths] == ["synthetic.md", "synthetic.csv", "synthetic.json", "synthetic.png"]
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # tables without x plot bars
-    markdown, csv_rows, metrics = paths[0].read_text(), read_csv(paths[1]), json.loads(paths[2].read_text())
+    markdown, csv_rows = paths[0].read_text(), read_csv(paths[1])
+    metrics = json.loads(paths[2].read_text())["acc"]
 
     assert len(csv_rows) == 3 * 3  # rows x (datasets + avg)
     assert set(metrics) == {"cot", "same", "better"}
@@ -361,7 +362,7 @@ def test_both_extractors_are_computed_from_the_raw_outputs(tmp_path):
     paper = build(dict(spec, primary_extractor="reference"), tmp_path)
     markdown = report.render_markdown(paper)
     assert markdown.index("| No effect | 50.00 ± 0.00") < markdown.index("| No effect | 100.00 ± 0.00")
-    assert report.metrics(paper) == {"cot": 100.0, "same": 50.0}
+    assert report.metrics(paper) == {"acc": {"cot": 100.0, "same": 50.0}}
     assert report.csv_rows(paper)[1]["mean"] == 50.0
 
 
@@ -397,7 +398,9 @@ def test_cli_with_params_writes_plot_table(tmp_path):
         f"thought_tokens.{s}" for s in ("csv", "json", "md", "png")
     ]
     assert (out / "thought_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(json.loads((out / "thought_tokens.json").read_text())) == {row["key"] for row in spec["rows"]}
+    assert set(json.loads((out / "thought_tokens.json").read_text())["acc"]) == {
+        row["key"] for row in spec["rows"]
+    }
 
 
 def test_cli_settings_default_resamples_and_errors(tmp_path, capsys):
