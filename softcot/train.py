@@ -461,26 +461,12 @@ def train_projector(
 def train_softcot_projector(context: TrainingContext) -> dict[str, Any]:
     """Encode the training split for both models, get the assistant states (cached), fit the
     projection and return the training record."""
-    from softcot.models import load_model
-
     settings = context.settings
     n = settings["num_thought_tokens"]
-    examples = read_prepared(context.train_file)
-    if (examples[0]["dataset"], examples[0]["split"]) != (context.dataset, "train"):
-        raise DataError(
-            f"{context.train_file}: holds {examples[0]['dataset']}/{examples[0]['split']}, "
-            f"not {context.dataset}/train"
-        )
-    if settings["limit"] is not None:
-        examples = examples[: settings["limit"]]
+    examples = context.read_examples()
     data_sha256 = sha256_file(context.train_file)
-
     models = settings["pair"]
-    assistant = load_model(models["assistant"], context.models_dir, local_paths=context.local_paths)
-    same = models["base"] == models["assistant"]
-    base = (
-        assistant if same else load_model(models["base"], context.models_dir, local_paths=context.local_paths)
-    )
+    assistant, base = context.load_pair()
     prompt_set = load_prompt_set(settings["prompt_set"])
     option_format = settings["option_format"]
     data = encode_training_data(
@@ -549,6 +535,27 @@ class TrainingContext:
     checkpoint: Path
     record: Path
     local_paths: dict[str, str]  # models loaded from pre-downloaded directories
+
+    def read_examples(self) -> list[dict]:
+        """The prepared train split of the context's dataset, cut to `limit`."""
+        examples = read_prepared(self.train_file)
+        if (examples[0]["dataset"], examples[0]["split"]) != (self.dataset, "train"):
+            raise DataError(
+                f"{self.train_file}: holds {examples[0]['dataset']}/{examples[0]['split']}, "
+                f"not {self.dataset}/train"
+            )
+        limit = self.settings["limit"]
+        return examples if limit is None else examples[:limit]
+
+    def load_pair(self) -> tuple[Any, Any]:
+        """(assistant, base) of the step's pair, loaded once when they are the same model."""
+        from softcot.models import load_model
+
+        models = self.settings["pair"]
+        assistant = load_model(models["assistant"], self.models_dir, local_paths=self.local_paths)
+        if models["base"] == models["assistant"]:
+            return assistant, assistant
+        return assistant, load_model(models["base"], self.models_dir, local_paths=self.local_paths)
 
 
 def validate_settings(settings: Any, origin: str) -> dict[str, Any]:

@@ -45,7 +45,6 @@ from softcot.methods.lora import (
     keep_short_enough,
     load_base,
     merge_adapter,
-    read_training_examples,
     save_adapter,
     training_record,
 )
@@ -343,7 +342,7 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
     drop_last = bool(settings["drop_last_train_token"])
     epochs = int(settings["epochs"])
     stages = sorted({stage_of(epoch, settings) for epoch in range(epochs)})
-    examples = read_training_examples(context)
+    examples = context.read_examples()
 
     # Every example at every stage trained: (prompt, continuation) with its first steps left out.
     by_stage = {

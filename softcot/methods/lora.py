@@ -176,20 +176,6 @@ def merge_adapter(job: Job, path: Path) -> dict[str, torch.Tensor]:
 
 
 # --- training data ---------------------------------------------------------------------------------
-def read_training_examples(context: TrainingContext) -> list[dict]:
-    """The prepared train split of the context's dataset, cut to `limit`."""
-    from softcot.data.schema import read_prepared
-
-    examples = read_prepared(context.train_file)
-    if (examples[0]["dataset"], examples[0]["split"]) != (context.dataset, "train"):
-        raise DataError(
-            f"{context.train_file}: holds {examples[0]['dataset']}/{examples[0]['split']}, "
-            f"not {context.dataset}/train"
-        )
-    limit = context.settings["limit"]
-    return examples if limit is None else examples[:limit]
-
-
 def cot_sequence(
     renderer: PromptRenderer, example: Mapping[str, Any], drop_last_token: bool, skip_steps: int = 0
 ) -> tuple[list[int], list[int]]:
@@ -493,7 +479,7 @@ def train_lora(context: TrainingContext) -> dict[str, Any]:
     prompt_set = load_prompt_set(settings["prompt_set"])
     renderer = PromptRenderer(prompt_set, base, settings["option_format"])
     drop_last = bool(settings["drop_last_train_token"])
-    examples = read_training_examples(context)
+    examples = context.read_examples()
     encoded = {e["id"]: cot_sequence(renderer, e, drop_last) for e in examples}
     examples, skipped = keep_short_enough(
         examples, lambda e: sum(map(len, encoded[e["id"]])), settings, str(context.train_file)

@@ -410,30 +410,16 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
     from dvclive import Live
 
     import softcot.train as train
-    from softcot.data.schema import read_prepared
-    from softcot.errors import DataError
     from softcot.io import sha256_file
-    from softcot.models import load_model
     from softcot.prompts import PromptRenderer, load_prompt_set
 
     settings = context.settings
     _check_settings(settings, contrastive)
     n, chains = settings["num_thought_tokens"], int(settings["num_scaling_times"])
-    examples = read_prepared(context.train_file)
-    if (examples[0]["dataset"], examples[0]["split"]) != (context.dataset, "train"):
-        raise DataError(
-            f"{context.train_file}: holds {examples[0]['dataset']}/{examples[0]['split']}, "
-            f"not {context.dataset}/train"
-        )
-    if settings["limit"] is not None:
-        examples = examples[: settings["limit"]]
+    examples = context.read_examples()
     data_sha256 = sha256_file(context.train_file)
     models = settings["pair"]
-    assistant = load_model(models["assistant"], context.models_dir, local_paths=context.local_paths)
-    same = models["base"] == models["assistant"]
-    base = (
-        assistant if same else load_model(models["base"], context.models_dir, local_paths=context.local_paths)
-    )
+    assistant, base = context.load_pair()
     prompt_set = load_prompt_set(settings["prompt_set"])
     data = train.encode_training_data(
         examples,
