@@ -110,6 +110,7 @@ def _cross_references(raw: dict) -> list[str]:
             if method not in raw["methods"]:
                 problems.append(f"presets.{name}.methods.{method}: not a method (defined in `methods`)")
     for name, method in raw["methods"].items():
+        problems += _trained_on_problems(raw, name, method, kinds)
         if "seeds" in method:
             problems.append(f"methods.{name}.seeds: seeds are shared by all methods; set eval.seeds")
         if method["kind"] not in kinds:
@@ -155,6 +156,27 @@ def _cross_references(raw: dict) -> list[str]:
             if row["method"] not in raw["methods"]:
                 problems.append(f"tables.{name}.rows[{i}].method: unknown method {row['method']!r}")
     return problems + _probe_problems(raw) + _train_section_problems(raw)
+
+
+def _trained_on_problems(raw: dict, name: str, method: dict, kinds: list[str]) -> list[str]:
+    """`trained_on` must name a dataset with a train split, for a method that uses an artefact."""
+    from softcot.data.datasets import catalog
+    from softcot.methods import method_class
+
+    problems = []
+    where = [(f"methods.{name}", method)] + [
+        (f"presets.{preset_name}.methods.{name}", preset.get("methods", {}).get(name, {}))
+        for preset_name, preset in raw["presets"].items()
+    ]
+    for key, entry in where:
+        if "trained_on" not in entry:
+            continue
+        dataset = entry["trained_on"]
+        if dataset not in catalog() or not catalog()[dataset].trains:
+            problems.append(f"{key}.trained_on: {dataset!r} is not a dataset with a train split")
+        elif method["kind"] in kinds and method_class(method["kind"]).artefact is None:
+            problems.append(f"{key}.trained_on: method kind {method['kind']!r} trains nothing")
+    return problems
 
 
 def _train_section_problems(raw: dict) -> list[str]:

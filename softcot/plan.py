@@ -250,7 +250,7 @@ class Plan:
         inputs = {"test": prepared(dataset, "test")}
         inputs.update({role: model_manifest(model) for role, model in models.items()})
         if cls.artefact is not None:
-            served_by = dataset_spec(dataset).artefact_dataset
+            served_by = self.served_by(dataset, resolved)
             if resolved.get("artefact_source") == "imported":
                 self.imported_source(cls.artefact.name, pair, served_by)  # a missing entry fails here
                 inputs["artefact"] = imported_artefact(cls.artefact.name, pair, served_by)
@@ -266,6 +266,12 @@ class Plan:
             self._eval_request(pair, dataset, method, self.example_count(dataset, "test", resolved["limit"]))
         )
         return Step(settings, inputs, outputs, runtime=runtime)
+
+    @staticmethod
+    def served_by(dataset: str, resolved: dict[str, Any]) -> str:
+        """The dataset whose trained artefact evaluates `dataset`: the method's `trained_on`, else
+        the catalog's (Date Understanding: GSM8K's), else the dataset itself."""
+        return resolved.get("trained_on") or dataset_spec(dataset).artefact_dataset
 
     # --- sharded evaluation (eval.shards > 1): one job per shard of examples, then a merge ----------
     def shards(self, method: str) -> int:
@@ -347,7 +353,13 @@ class Plan:
         rows = []
         for row in layout["rows"]:
             settings = self.config.eval_settings(row["method"])
-            rows.append(dict(row, seeds=list(settings["seeds"]), limit=settings["limit"]))
+            borrowed = {}
+            if method_class(settings["kind"]).artefact is not None:
+                served = {dataset: self.served_by(dataset, settings) for dataset in layout["datasets"]}
+                borrowed = {dataset: by for dataset, by in served.items() if by != dataset}
+            rows.append(
+                dict(row, seeds=list(settings["seeds"]), limit=settings["limit"], artefacts_from=borrowed)
+            )
         return dict(layout, rows=rows, preset=self.preset, primary_extractor=self.primary_extractor)
 
     @property

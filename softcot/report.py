@@ -280,6 +280,17 @@ def render_markdown(table: Table) -> str:
         + ", ".join(f"{ds} {digest}" for ds, digest in table.data_hashes.items())
         + ".",
     ]
+    borrowed = [
+        f"{row['label']} on {', '.join(f'{ds} ({by})' for ds, by in row['artefacts_from'].items())}"
+        for row in spec["rows"]
+        if row.get("artefacts_from")
+    ]
+    if borrowed:
+        notes.append(
+            "Trained on another dataset (the dataset whose projector or adapter was used): "
+            + "; ".join(borrowed)
+            + "."
+        )
     if spec.get("average"):
         notes.insert(
             3,

@@ -53,6 +53,23 @@ def test_seeds_cannot_differ_between_methods(raw):
         Config(raw)
 
 
+@pytest.mark.parametrize(
+    ("where", "entry", "named"),
+    [
+        ("presets.tiny.methods.lora", {"trained_on": "date"}, "'date' is not a dataset with a train split"),
+        ("presets.tiny.methods.lora", {"trained_on": "gsm9k"}, "'gsm9k' is not a dataset"),
+        ("methods.cot", {"kind": "cot", "trained_on": "gsm8k"}, "method kind 'cot' trains nothing"),
+    ],
+)
+def test_trained_on_names_a_training_set_of_a_method_that_trains(raw, where, entry, named):
+    section = raw
+    for key in where.split(".")[:-1]:
+        section = section[key]
+    section[where.split(".")[-1]] = entry
+    with pytest.raises(ConfigError, match=rf"{where}\.trained_on: {named}"):
+        Config(raw)
+
+
 def test_role_pointing_to_missing_pair_is_rejected(raw):
     raw["presets"]["tiny"]["roles"]["main"] = "nonexistent"
     with pytest.raises(ConfigError, match=r"presets\.tiny\.roles\.main"):

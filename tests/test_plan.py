@@ -82,6 +82,25 @@ def test_date_is_evaluated_with_the_gsm8k_projector(plan):
         plan.train("projector", "tiny", "date")
 
 
+def test_a_method_trained_on_one_dataset_serves_every_dataset(plan, raw):
+    """The tiny fine-tuning baselines train on GSM8K only: every evaluation reads that adapter, and
+    the table's spec names the borrowed cells for its footnote."""
+    assert raw["presets"]["tiny"]["methods"]["lora"]["trained_on"] == "gsm8k"
+    for dataset in ["gsm8k", "aqua", "strategyqa", "date"]:
+        inputs = plan.evaluate("tiny", dataset, "lora").inputs
+        assert inputs["artefact"] == "results/adapters/tiny/gsm8k/lora/adapter_model.safetensors"
+    rows = {row["key"]: row for row in plan.table_spec("main_table")["rows"]}
+    assert rows["lora"]["artefacts_from"] == {
+        ds: "gsm8k" for ds in ["asdiv-aug", "aqua", "strategyqa", "date"]
+    }
+    assert rows["softcot"]["artefacts_from"] == {"date": "gsm8k"}  # the catalog's trained_on
+    assert rows["cot"]["artefacts_from"] == {}
+    paper = Plan(Config(deep_merge(raw, {"preset": "paper"})))  # the paper preset trains per dataset
+    assert (
+        paper.evaluate("llama", "aqua", "lora").inputs["artefact"].startswith("results/adapters/llama/aqua/")
+    )
+
+
 def test_train_step_paths_and_settings(plan, raw):
     step = plan.train("projector", "tiny", "aqua")
     assert step.outputs == {
@@ -101,8 +120,7 @@ def test_eval_outputs_follow_the_seeds(plan):
 
 def test_table_reads_every_row_and_dataset(plan):
     step = plan.table("main_table")
-    # The tiny preset lacks the fine-tuning baselines' role: four rows, five datasets.
-    assert len(step.inputs["predictions"]) == 4 * 5 * len(plan.seeds)
+    assert len(step.inputs["predictions"]) == 6 * 5 * len(plan.seeds)
     paper = Plan(Config(deep_merge(plan.config.raw, {"preset": "paper"})))
     assert len(paper.table("main_table").inputs["predictions"]) == 6 * 5 * len(paper.seeds)
     assert step.outputs["png"] == "reports/main_table.png"

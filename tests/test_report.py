@@ -54,6 +54,7 @@ def make_spec(**overrides) -> dict:
                 "method": "softcot",
                 "seeds": SEEDS,
                 "limit": None,
+                "artefacts_from": {"aqua": "gsm8k"},
             },
         ],
     }
@@ -245,6 +246,10 @@ def test_md_csv_json_are_consistent(synthetic):
     assert "## The same cells under the reference extractor" in markdown
     assert "the evaluations recorded extractor robust with vote fixed" in markdown
     assert "Preset: tiny. Rows the preset lacks: Left out." in markdown
+    assert (
+        "Trained on another dataset (the dataset whose projector or adapter was used): "
+        "Planted effect on aqua (gsm8k)." in markdown
+    )
     assert re.search(r"git commit ([0-9a-f]{40}(\+dirty)?|unknown)\.", markdown)
     digest = report.sha256_file(tmp_path / "prepared" / "gsm8k" / "test.jsonl")[:12]
     assert f"gsm8k {digest}" in markdown

@@ -63,7 +63,8 @@ def test_the_paper_preset_shards_evaluations_and_sizes_each_job(tmp_path):
     assert not any(b.startswith("evaluate:") for b in blocks)
     tiny = snakemake("reports/main_table.md", "-n", "--quiet", "rules", cwd=tmp_path)
     assert "evaluate_shard" not in tiny.stdout and "merge_shards" not in tiny.stdout
-    tiny_rows = Plan.load(ROOT / "params.yaml").table_spec("main_table")["rows"]  # no _ft rows
+    tiny_rows = Plan.load(ROOT / "params.yaml").table_spec("main_table")["rows"]
+    assert [row["key"] for row in tiny_rows] == ["cot", "cot-unk", "assist-cot", "lora", "coconut", "softcot"]
     assert re.search(rf"^evaluate\s+{len(tiny_rows) * 5}$", tiny.stdout, re.MULTILINE), tiny.stdout
 
 
@@ -102,8 +103,7 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
 
     env = dict(os.environ, SOFTCOT_DATA_MIRROR=str(MIRROR))
     result = subprocess.run(
-        ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
-        + ["reports/main_table.md", "reports/finetune_baselines.md"],
+        ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"] + ["reports/main_table.md"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -114,11 +114,14 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
 
     rows = list(csv.DictReader((tmp_path / "reports" / "main_table.csv").open()))
     cells = {(r["method"], r["dataset"]) for r in rows if r["dataset"] != "avg"}
-    methods = ["cot", "cot-unk", "assist-cot", "softcot"]  # the tiny preset leaves out the _ft rows
+    methods = ["cot", "cot-unk", "assist-cot", "lora", "coconut", "softcot"]
     datasets = params["tables"]["main_table"]["datasets"]
     assert cells == {(m, d) for m in methods for d in datasets}
-    baselines = list(csv.DictReader((tmp_path / "reports" / "finetune_baselines.csv").open()))
-    assert [r["method"] for r in baselines] == ["cot", "lora", "coconut", "softcot"]
+    # The tiny fine-tuning baselines train on GSM8K alone and serve every dataset.
+    adapters = tmp_path / "results/adapters/tiny"
+    trained = sorted(str(p.parent.relative_to(adapters)) for p in adapters.glob("*/*/adapter.json"))
+    assert trained == ["gsm8k/coconut", "gsm8k/lora"]
+    assert "Trained on another dataset" in (tmp_path / "reports" / "main_table.md").read_text()
     assert all(r["n_seeds"] == "2" and r["n_examples"] == "3" for r in rows if r["dataset"] != "avg")
     markdown = (tmp_path / "reports" / "main_table.md").read_text()
     assert "SoftCoT" in markdown and "±" in markdown
