@@ -109,8 +109,8 @@ def _cross_references(raw: dict) -> list[str]:
         for method in preset.get("methods", {}):
             if method not in raw["methods"]:
                 problems.append(f"presets.{name}.methods.{method}: not a method (defined in `methods`)")
+    problems += _trained_on_problems(raw, kinds)
     for name, method in raw["methods"].items():
-        problems += _trained_on_problems(raw, name, method, kinds)
         if "seeds" in method:
             problems.append(f"methods.{name}.seeds: seeds are shared by all methods; set eval.seeds")
         if method["kind"] not in kinds:
@@ -158,24 +158,28 @@ def _cross_references(raw: dict) -> list[str]:
     return problems + _probe_problems(raw) + _train_section_problems(raw)
 
 
-def _trained_on_problems(raw: dict, name: str, method: dict, kinds: list[str]) -> list[str]:
-    """`trained_on` must name a dataset with a train split, for a method that uses an artefact."""
+def _trained_on_problems(raw: dict, kinds: tuple[str, ...]) -> list[str]:
+    """`trained_on` names a dataset with a train split; a method entry setting it must train."""
     from softcot.data.datasets import catalog
     from softcot.methods import method_class
 
+    entries = [("eval", raw["eval"], None)]
+    entries += [(f"presets.{name}.eval", preset.get("eval", {}), None) for name, preset in raw["presets"].items()]
+    for name, method in raw["methods"].items():
+        entries.append((f"methods.{name}", method, method["kind"]))
+        entries += [
+            (f"presets.{preset_name}.methods.{name}", preset.get("methods", {}).get(name, {}), method["kind"])
+            for preset_name, preset in raw["presets"].items()
+        ]
     problems = []
-    where = [(f"methods.{name}", method)] + [
-        (f"presets.{preset_name}.methods.{name}", preset.get("methods", {}).get(name, {}))
-        for preset_name, preset in raw["presets"].items()
-    ]
-    for key, entry in where:
+    for key, entry, kind in entries:
         if "trained_on" not in entry:
             continue
         dataset = entry["trained_on"]
         if dataset not in catalog() or not catalog()[dataset].trains:
             problems.append(f"{key}.trained_on: {dataset!r} is not a dataset with a train split")
-        elif method["kind"] in kinds and method_class(method["kind"]).artefact is None:
-            problems.append(f"{key}.trained_on: method kind {method['kind']!r} trains nothing")
+        elif kind in kinds and method_class(kind).artefact is None:
+            problems.append(f"{key}.trained_on: method kind {kind!r} trains nothing")
     return problems
 
 

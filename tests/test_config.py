@@ -59,6 +59,7 @@ def test_seeds_cannot_differ_between_methods(raw):
         ("presets.tiny.methods.lora", {"trained_on": "date"}, "'date' is not a dataset with a train split"),
         ("presets.tiny.methods.lora", {"trained_on": "gsm9k"}, "'gsm9k' is not a dataset"),
         ("methods.cot", {"kind": "cot", "trained_on": "gsm8k"}, "method kind 'cot' trains nothing"),
+        ("presets.paper.eval", {"trained_on": "date"}, "'date' is not a dataset with a train split"),
     ],
 )
 def test_trained_on_names_a_training_set_of_a_method_that_trains(raw, where, entry, named):

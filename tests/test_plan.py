@@ -83,22 +83,24 @@ def test_date_is_evaluated_with_the_gsm8k_projector(plan):
 
 
 def test_a_method_trained_on_one_dataset_serves_every_dataset(plan, raw):
-    """The tiny fine-tuning baselines train on GSM8K only: every evaluation reads that adapter, and
-    the table's spec names the borrowed cells for its footnote."""
-    assert raw["presets"]["tiny"]["methods"]["lora"]["trained_on"] == "gsm8k"
+    """The tiny preset trains every artefact on GSM8K only: every evaluation reads that artefact, and
+    the table's spec names the borrowed cells for its footnote. A method's own key wins."""
+    assert raw["presets"]["tiny"]["eval"]["trained_on"] == "gsm8k"
     for dataset in ["gsm8k", "aqua", "strategyqa", "date"]:
         inputs = plan.evaluate("tiny", dataset, "lora").inputs
         assert inputs["artefact"] == "results/adapters/tiny/gsm8k/lora/adapter_model.safetensors"
     rows = {row["key"]: row for row in plan.table_spec("main_table")["rows"]}
-    assert rows["lora"]["artefacts_from"] == {
-        ds: "gsm8k" for ds in ["asdiv-aug", "aqua", "strategyqa", "date"]
-    }
-    assert rows["softcot"]["artefacts_from"] == {"date": "gsm8k"}  # the catalog's trained_on
+    borrowed = {ds: "gsm8k" for ds in ["asdiv-aug", "aqua", "strategyqa", "date"]}
+    assert rows["lora"]["artefacts_from"] == rows["softcot"]["artefacts_from"] == borrowed
     assert rows["cot"]["artefacts_from"] == {}
     paper = Plan(Config(deep_merge(raw, {"preset": "paper"})))  # the paper preset trains per dataset
-    assert (
-        paper.evaluate("llama", "aqua", "lora").inputs["artefact"].startswith("results/adapters/llama/aqua/")
-    )
+    aqua = paper.evaluate("llama", "aqua", "lora").inputs["artefact"]
+    assert aqua.startswith("results/adapters/llama/aqua/")
+    paper_rows = {row["key"]: row for row in paper.table_spec("main_table")["rows"]}
+    assert paper_rows["softcot"]["artefacts_from"] == {"date": "gsm8k"}  # the catalog's trained_on
+    raw["presets"]["tiny"]["methods"]["softcot"] = {"trained_on": "aqua"}
+    own = Plan(Config(raw)).evaluate("tiny", "gsm8k", "softcot").inputs["artefact"]
+    assert own == "results/projectors/tiny/aqua/projector.safetensors"
 
 
 def test_train_step_paths_and_settings(plan, raw):

@@ -93,8 +93,7 @@ def test_tiny_preset_builds_the_main_table_end_to_end(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = params["presets"]["tiny"]
     tiny["train"].update(limit=8, epochs=1)
-    tiny["eval"].update(limit=3, max_new_tokens=8)
-    params["eval"]["seeds"] = [41, 42]
+    tiny["eval"].update(limit=3, max_new_tokens=8, seeds=[41, 42])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     models = ROOT / "results" / "models"
     models.mkdir(parents=True, exist_ok=True)
