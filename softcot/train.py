@@ -169,7 +169,9 @@ def load_or_compute_states(
         try:
             with safe_open(str(path), framework="pt") as f:
                 if f.metadata() == metadata:
-                    return f.get_tensor("states")
+                    # A copy in torch's own (64-byte aligned) memory: math kernels may round
+                    # differently on the file's alignment, and a read-back must equal a computation.
+                    return f.get_tensor("states").clone()
             print(f"softcot train: {path} was built from other inputs; recomputing it")
         except (SafetensorError, OSError) as exc:
             print(f"softcot train: warning: {path} is unreadable ({exc}); discarding it and recomputing it")
