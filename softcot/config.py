@@ -164,7 +164,9 @@ def _trained_on_problems(raw: dict, kinds: tuple[str, ...]) -> list[str]:
     from softcot.methods import method_class
 
     entries = [("eval", raw["eval"], None)]
-    entries += [(f"presets.{name}.eval", preset.get("eval", {}), None) for name, preset in raw["presets"].items()]
+    entries += [
+        (f"presets.{name}.eval", preset.get("eval", {}), None) for name, preset in raw["presets"].items()
+    ]
     for name, method in raw["methods"].items():
         entries.append((f"methods.{name}", method, method["kind"]))
         entries += [

@@ -46,7 +46,13 @@ from softcot.records import (
     seed_records,
     write_seed_files,
 )
-from softcot.resources import CPU_BATCH_SIZE, architecture_of, auto_batch_size, parse_batch_size
+from softcot.resources import (
+    CPU_BATCH_SIZE,
+    architecture_of,
+    auto_batch_size,
+    parse_batch_size,
+    set_torch_threads,
+)
 from softcot.shards import parse_shard, shard_bounds, write_rows
 
 __all__ = ["Job", "Row", "all_rows", "evaluate", "evaluate_shard", "seed_metrics", "seed_records"]
@@ -259,7 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows per generation batch, or auto: the largest that fits the GPU's free memory "
         "(default: params eval.batch_size)",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
+    )
     add_local_path_argument(parser)
 
 
@@ -287,8 +295,7 @@ def run(args: argparse.Namespace) -> int:
     method = method_class(settings["kind"])()
     if method.artefact is not None and args.artefact is None:
         raise ConfigError(f"method {args.method!r} needs its trained {method.artefact.name}: pass --artefact")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     examples = read_prepared(Path(args.test))
     if settings.get("limit"):
         examples = examples[: int(settings["limit"])]

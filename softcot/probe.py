@@ -49,6 +49,7 @@ from softcot.io import (
     write_text_atomic,
 )
 from softcot.plan import PROBE_HELDOUT, Plan, check_keys, parse_settings
+from softcot.resources import set_torch_threads
 
 # (key, label) in the table's order; `own` is what every other condition is tested against.
 CONDITIONS = (
@@ -664,7 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scoring.add_argument("--out", required=True, help="the per-example file to write (JSON lines)")
     scoring.add_argument("--batch-size", type=int, default=16, help="examples per assistant forward pass")
-    scoring.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    scoring.add_argument(
+        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
+    )
     scoring.add_argument(
         "--local-path", action="append", default=[], metavar="MODEL=DIR", help="params models.local_paths"
     )
@@ -719,7 +722,6 @@ def _check_record(path: Path, settings: dict[str, Any]) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    import torch
 
     from softcot.data.schema import read_prepared
     from softcot.models import load_model
@@ -727,8 +729,7 @@ def _run_score(args: argparse.Namespace) -> int:
     from softcot.thoughts import check_projector_file, load_projector
 
     settings = _settings(args, lambda plan: plan.probe(args.pair, args.dataset, args.heldout), SCORE_KEYS)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     examples = read_prepared(args.examples)
     if examples[0]["dataset"] != args.dataset:
         raise DataError(f"{args.examples}: holds {examples[0]['dataset']}, not {args.dataset}")

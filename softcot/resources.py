@@ -215,3 +215,19 @@ def hf_config(arch: Architecture, **overrides: Any) -> Any:
         "gemma3_text": Gemma3TextConfig,
     }
     return classes[arch.model_type](**fields)
+
+
+def set_torch_threads(requested: int | None) -> None:
+    """A job's `--threads`: None keeps torch's default (OMP_NUM_THREADS, which Snakemake sets to the
+    job's threads); 0 takes every CPU this process may use, counted inside the job, so a SLURM
+    allocation's CPU binding is respected; n > 0 takes n."""
+    import os
+
+    import torch
+
+    if requested is None:
+        return
+    if requested < 0:
+        raise ConfigError(f"--threads must be 0 (every usable CPU) or positive, got {requested}")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(requested or usable)

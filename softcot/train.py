@@ -51,6 +51,7 @@ from softcot.prompts import (
     locate_assistant_slots,
     locate_base_slots,
 )
+from softcot.resources import set_torch_threads
 from softcot.thoughts import (
     MASTER_DTYPES,
     Projector,
@@ -613,7 +614,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="the checkpoint file to write")
     parser.add_argument("--record", required=True, help="the training record (JSON) to write")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
+    )
     add_local_path_argument(parser)
 
 
@@ -631,8 +634,7 @@ def run(args: argparse.Namespace) -> int:
         settings = validate_settings(settings, args.params)
     else:
         settings = validate_settings(parse_settings(args.settings), "--settings")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     context = TrainingContext(
         pair=args.pair,
         dataset=args.dataset,

@@ -112,3 +112,22 @@ def test_requests_follow_the_formula():
         FIGURES, [base], rows=10, max_new_tokens=32, examples=2, assistant_tokens=0, batch_size=None, gpus=0
     )
     assert cpu["mem_mb"] > 8000 + base.weight_bytes // 2**20  # weights and a batch's cache in host memory
+
+
+def test_threads_zero_takes_every_usable_cpu_and_none_keeps_torchs_default():
+    import os
+
+    from softcot.resources import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(None)
+        assert torch.get_num_threads() == before
+        set_torch_threads(0)
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="--threads must be 0"):
+            set_torch_threads(-2)
+    finally:
+        torch.set_num_threads(before)

@@ -2,8 +2,15 @@
 # held-out examples under six conditions, with its own projector. `snakemake reports/thought_probe.md`
 # scores the test split; reports/thought_probe_validation.md scores the validation slice of the
 # train split, where the probe's training settings are chosen. The main tables' jobs are untouched.
-# Like training, the probe's jobs leave torch its own thread count: `--cores 1` must not halve them.
 from softcot.plan import PROBE_HELDOUT, PROBE_REPORTS
+
+
+# Snakemake exports OMP_NUM_THREADS={threads}, which is 1 under the `--cores 1` this target runs
+# with: torch would use one core of a 2-core laptop, and the probe would not fit its 20 minutes.
+# Under `--cores 1` one job runs at a time, so torch_threads=0 (the default) has each take every CPU
+# it may use, counted inside the job (a SLURM allocation's binding holds). A resource, so a profile
+# can set it without rerunning anything (--set-resources probe_score:torch_threads=4).
+PROBE_TORCH_THREADS = 0
 
 
 rule probe_split:
@@ -51,11 +58,12 @@ rule probe_train:
         mem_mb=8000 if GPU_PER_JOB == 0 else 64000,
         runtime=train_runtime,
         gpu=GPU_PER_JOB,
+        torch_threads=PROBE_TORCH_THREADS,
     shell:
         "softcot train --artefact projector --pair {wildcards.pair} --dataset {wildcards.dataset}"
         " --settings {params.settings:q} --train {input.train} --models-dir results/models"
         " --states results/probe/states --checkpoint {output.checkpoint} --record {output.record}"
-        " {params.local} > {log} 2>&1"
+        " --threads {resources.torch_threads} {params.local} > {log} 2>&1"
 
 
 rule probe_score:
@@ -80,11 +88,13 @@ rule probe_score:
         mem_mb=8000 if GPU_PER_JOB == 0 else 64000,
         runtime=60 if GPU_PER_JOB == 0 else 240,
         gpu=GPU_PER_JOB,
+        torch_threads=PROBE_TORCH_THREADS,
     shell:
         "softcot probe score --pair {wildcards.pair} --dataset {wildcards.dataset} --heldout {wildcards.heldout}"
         " --settings {params.settings:q} --examples {input.examples} --fit {input.fit}"
         " --projector {input.projector} --record {input.record} --models-dir results/models"
-        " --states results/probe/states --out {output.per_example} {params.local} > {log} 2>&1"
+        " --states results/probe/states --out {output.per_example} --threads {resources.torch_threads}"
+        " {params.local} > {log} 2>&1"
 
 
 rule probe_table:
