@@ -722,7 +722,6 @@ def _check_record(path: Path, settings: dict[str, Any]) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-
     from softcot.data.schema import read_prepared
     from softcot.models import load_model
     from softcot.models.registry import parse_local_paths
