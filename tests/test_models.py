@@ -445,6 +445,31 @@ def test_gguf_files_are_parsed_once_while_converting(tmp_path, tiny_gguf, monkey
     assert gguf.GGUFReader is counting_reader  # the sharing ends with the conversion
 
 
+def test_gguf_metadata_is_turned_into_python_values_once(tmp_path, tiny_gguf, monkeypatch):
+    """The config and tokenizer reads share one metadata parse; each gets its own copy, since
+    transformers pops keys from what it is given."""
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    calls = []
+    original = hf_gguf.load_gguf_checkpoint
+
+    def counting_load(path, return_tensors=False, **kwargs):
+        calls.append(return_tensors)
+        return original(path, return_tensors=return_tensors, **kwargs)
+
+    monkeypatch.setattr(hf_gguf, "load_gguf_checkpoint", counting_load)
+    spec = tiny_spec(split_gguf_spec(tiny_gguf, tmp_path))
+    with MATERIALIZE_MODULE.one_gguf_parse():
+        first = hf_gguf.load_gguf_checkpoint(tiny_gguf)
+        first["config"].clear()
+        assert hf_gguf.load_gguf_checkpoint(tiny_gguf)["config"]  # a fresh copy, not the cleared one
+    MATERIALIZE_MODULE.convert_gguf(tiny_gguf, spec, tmp_path / "out")
+
+    assert calls.count(False) == 2  # once in the block above, once for the whole conversion
+    assert calls.count(True) == 1  # the weights
+    assert hf_gguf.load_gguf_checkpoint is counting_load  # the sharing ends with the conversion
+
+
 def test_cli_materializes_and_rejects_unknown_names(tmp_path, fake_hub, monkeypatch, capsys):
     monkeypatch.setattr(
         MATERIALIZE_MODULE, "get_spec", lambda name, local_paths=None: tiny_spec(HUB_SOURCE, name=name)
