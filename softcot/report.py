@@ -147,14 +147,18 @@ def compare(cell: Cell, baseline: Cell, mode: str, resamples: int) -> Comparison
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD of the working tree, "+dirty" when it has changes, "unknown" outside git."""
+    """HEAD of the working tree, "+dirty" when it has changes, "unknown" outside git.
+
+    `reports/` is not looked at: it holds the tables being written, and Snakemake deletes a
+    table's outputs before its job, so the tracked `reports/main_table.json` (DVC's baseline
+    metrics) would make every run from a clean clone read as dirty."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain").strip())
+        dirty = bool(git("status", "--porcelain", "--", ":/", ":(top,exclude)reports").strip())
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

@@ -440,11 +440,17 @@ def test_git_commit_reports_unknown_clean_and_dirty(tmp_path):
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
     subprocess.run([*git, "init", "-q"], check=True)
     (repo / "f.txt").write_text("a")
-    subprocess.run([*git, "add", "f.txt"], check=True)
+    (repo / "reports").mkdir()
+    (repo / "reports" / "main_table.json").write_text("{}")
+    subprocess.run([*git, "add", "f.txt", "reports"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "m"], check=True)
     head = subprocess.run(
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert report.git_commit(repo) == head
+    # The table being written: Snakemake deletes its tracked outputs before the job.
+    (repo / "reports" / "main_table.json").unlink()
+    assert report.git_commit(repo) == head
+    assert report.git_commit(repo / "reports") == head
     (repo / "f.txt").write_text("b")
     assert report.git_commit(repo) == head + "+dirty"
