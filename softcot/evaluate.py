@@ -48,6 +48,7 @@ from softcot.records import (
 )
 from softcot.resources import (
     CPU_BATCH_SIZE,
+    add_threads_argument,
     architecture_of,
     auto_batch_size,
     parse_batch_size,
@@ -265,9 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows per generation batch, or auto: the largest that fits the GPU's free memory "
         "(default: params eval.batch_size)",
     )
-    parser.add_argument(
-        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
-    )
+    add_threads_argument(parser)
     add_local_path_argument(parser)
 
 

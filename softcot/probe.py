@@ -49,7 +49,7 @@ from softcot.io import (
     write_text_atomic,
 )
 from softcot.plan import PROBE_HELDOUT, Plan, check_keys, parse_settings
-from softcot.resources import set_torch_threads
+from softcot.resources import add_threads_argument, set_torch_threads
 
 # (key, label) in the table's order; `own` is what every other condition is tested against.
 CONDITIONS = (
@@ -665,9 +665,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scoring.add_argument("--out", required=True, help="the per-example file to write (JSON lines)")
     scoring.add_argument("--batch-size", type=int, default=16, help="examples per assistant forward pass")
-    scoring.add_argument(
-        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
-    )
+    add_threads_argument(scoring)
     scoring.add_argument(
         "--local-path", action="append", default=[], metavar="MODEL=DIR", help="params models.local_paths"
     )

@@ -217,6 +217,13 @@ def hf_config(arch: Architecture, **overrides: Any) -> Any:
     return classes[arch.model_type](**fields)
 
 
+def add_threads_argument(parser: Any) -> None:
+    """`--threads` of every command that runs torch (a parser or an argument group)."""
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
+    )
+
+
 def set_torch_threads(requested: int | None) -> None:
     """A job's `--threads`: None keeps torch's default (OMP_NUM_THREADS, which Snakemake sets to the
     job's threads); 0 takes every CPU this process may use, counted inside the job, so a SLURM

@@ -51,7 +51,7 @@ from softcot.prompts import (
     locate_assistant_slots,
     locate_base_slots,
 )
-from softcot.resources import set_torch_threads
+from softcot.resources import add_threads_argument, set_torch_threads
 from softcot.thoughts import (
     MASTER_DTYPES,
     Projector,
@@ -614,9 +614,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="the checkpoint file to write")
     parser.add_argument("--record", required=True, help="the training record (JSON) to write")
-    parser.add_argument(
-        "--threads", type=int, help="CPU threads for torch; 0: every usable CPU (default: OMP_NUM_THREADS)"
-    )
+    add_threads_argument(parser)
     add_local_path_argument(parser)
 
 
