@@ -15,10 +15,12 @@ import torch.nn.functional as F
 import yaml
 from conftest import gsm8k_example
 
-from softcot import probe, stats
+from softcot import stats
 from softcot.config import Config, deep_merge
 from softcot.errors import ConfigError, DataError
 from softcot.plan import PROBE_REPORTS, Plan, prepared
+from softcot.probe import conditions, heldout, scoring
+from softcot.probe import table as probe_table
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots
 from softcot.thoughts import Projector, assistant_states
 
@@ -35,30 +37,30 @@ def raw() -> dict:
 @pytest.mark.parametrize("n", [2, 3, 5, 17, 100, 1319])
 @pytest.mark.parametrize("seed", [0, 1, 42])
 def test_the_derangement_is_a_permutation_without_a_fixed_point(n, seed):
-    order = probe.derangement(n, seed)
+    order = heldout.derangement(n, seed)
     assert sorted(order) == list(range(n))
     assert all(order[i] != i for i in range(n))
-    assert order == probe.derangement(n, seed)  # fixed by its seed
+    assert order == heldout.derangement(n, seed)  # fixed by its seed
 
 
 def test_a_derangement_needs_two_examples():
     with pytest.raises(DataError, match="at least 2"):
-        probe.derangement(1, 0)
+        heldout.derangement(1, 0)
 
 
 def test_the_validation_part_is_the_train_splits_tail_and_disjoint_from_the_fit_part():
     examples = [gsm8k_example(i) for i in range(10)]
-    fit, validation = probe.split_train(examples, 3, "train.jsonl")
+    fit, validation = heldout.split_train(examples, 3, "train.jsonl")
     assert fit == examples[:7] and validation == examples[7:]
     assert not {e["id"] for e in fit} & {e["id"] for e in validation}
     with pytest.raises(DataError, match="cannot give 10"):
-        probe.split_train(examples, 10, "train.jsonl")
+        heldout.split_train(examples, 10, "train.jsonl")
 
 
 def test_the_split_refuses_a_test_split():
     examples = [dict(gsm8k_example(i), split="test") for i in range(10)]
     with pytest.raises(DataError, match="splits a train split"):
-        probe.split_train(examples, 3, "test.jsonl")
+        heldout.split_train(examples, 3, "test.jsonl")
 
 
 # --- the test split never enters training or model selection ---------------------------------------
@@ -91,13 +93,13 @@ def test_model_selection_reads_no_test_file(raw):
 
 def test_held_out_examples_the_projector_trained_on_are_refused():
     examples = [gsm8k_example(i) for i in range(4)]
-    leaked = probe.ProbeInputs(examples, [gsm8k_example(i) for i in range(3, 8)], "held.jsonl", "fit.jsonl")
+    leaked = scoring.ProbeInputs(examples, [gsm8k_example(i) for i in range(3, 8)], "held.jsonl", "fit.jsonl")
     with pytest.raises(DataError, match="1 held-out examples are among"):
-        probe.check_disjoint(leaked)
+        scoring.check_disjoint(leaked)
     # The same question under another id is a leak too.
     renamed = [dict(gsm8k_example(2), id="gsm8k-train-x")]
     with pytest.raises(DataError, match="among the probe projector's training"):
-        probe.check_disjoint(probe.ProbeInputs(examples, renamed, "held.jsonl", "fit.jsonl"))
+        scoring.check_disjoint(scoring.ProbeInputs(examples, renamed, "held.jsonl", "fit.jsonl"))
 
 
 def test_the_probe_settings_are_validated(raw):
@@ -174,18 +176,18 @@ def test_every_conditions_nll_equals_a_full_forward_computation(tiny_base, tiny_
     trained = Projector.seeded(48, 32, seed=7)
     with torch.no_grad():
         trained.weight.mul_(20)  # large enough that the conditions differ visibly
-    inputs = probe.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
-    records = probe.score(_settings(), inputs, tiny_base, tiny_assistant, trained, batch_size=3)
+    inputs = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
+    records = scoring.score(_settings(), inputs, tiny_base, tiny_assistant, trained, batch_size=3)
 
     own = _thoughts(tiny_assistant, trained, examples)
     untrained = _thoughts(tiny_assistant, Projector.seeded(48, 32, seed=42), examples)
     mean = _thoughts(tiny_assistant, trained, train_examples).mean(dim=0)
-    others = probe.derangement(len(examples), 3)
+    others = heldout.derangement(len(examples), 3)
     renderer = PromptRenderer(load_prompt_set("paper"), tiny_base, None)
     for i, (example, record) in enumerate(zip(examples, records, strict=True)):
         hinted = renderer.training_sequence(example, N)
         target = len(hinted.ids) - hinted.supervised_from
-        plain = probe.plain_sequence(renderer, example)
+        plain = scoring.plain_sequence(renderer, example)
         slot = hinted.ids.index(tiny_base.placeholder_ids.unk)
         assert record["target_tokens"] == target and plain[-target:] == hinted.ids[-target:]
         assert record["shuffled_from"] == examples[others[i]]["id"]
@@ -210,8 +212,8 @@ def test_the_mean_thoughts_use_only_the_trained_examples(tiny_base, tiny_assista
     trained = Projector.seeded(48, 32, seed=7)
     with torch.no_grad():
         trained.weight.mul_(20)
-    limited = probe.ProbeInputs(examples, train_examples[:2], "held.jsonl", "fit.jsonl")
-    records = probe.score(_settings(2), limited, tiny_base, tiny_assistant, trained)
+    limited = scoring.ProbeInputs(examples, train_examples[:2], "held.jsonl", "fit.jsonl")
+    records = scoring.score(_settings(2), limited, tiny_base, tiny_assistant, trained)
     mean = _thoughts(tiny_assistant, trained, train_examples[:2]).mean(dim=0)
     renderer = PromptRenderer(load_prompt_set("paper"), tiny_base, None)
     hinted = renderer.training_sequence(examples[0], N)
@@ -225,21 +227,21 @@ def test_the_training_states_come_from_the_training_cache(tiny_base, tiny_assist
     examples = [gsm8k_example(i) for i in range(3)]
     train_examples = [gsm8k_example(i) for i in range(10, 13)]
     trained = Projector.seeded(48, 32, seed=7)
-    plain = probe.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
-    cached = probe.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl", tmp_path, "0" * 64)
-    expected = probe.score(_settings(), plain, tiny_base, tiny_assistant, trained)
-    assert probe.score(_settings(), cached, tiny_base, tiny_assistant, trained) == expected
+    plain = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
+    cached = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl", tmp_path, "0" * 64)
+    expected = scoring.score(_settings(), plain, tiny_base, tiny_assistant, trained)
+    assert scoring.score(_settings(), cached, tiny_base, tiny_assistant, trained) == expected
     files = list(tmp_path.rglob("*.safetensors"))
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
         f"tiny-assistant/paper/gsm8k/train-n{N}.safetensors"
     ]
-    assert probe.score(_settings(), cached, tiny_base, tiny_assistant, trained) == expected  # read back
+    assert scoring.score(_settings(), cached, tiny_base, tiny_assistant, trained) == expected  # read back
 
 
 def test_a_target_that_differs_between_the_prompts_is_refused():
     with pytest.raises(DataError, match="same 3 target tokens"):
-        probe.probe_sequence("x", [1, 2, 9, 9, 3, 5, 6, 7], 5, [1, 2, 5, 6, 8], 2, 2)
-    sequence = probe.probe_sequence("x", [1, 2, 9, 9, 3, 5, 6, 7], 5, [1, 2, 4, 5, 6, 7], 2, 2)
+        scoring.probe_sequence("x", [1, 2, 9, 9, 3, 5, 6, 7], 5, [1, 2, 5, 6, 8], 2, 2)
+    sequence = scoring.probe_sequence("x", [1, 2, 9, 9, 3, 5, 6, 7], 5, [1, 2, 4, 5, 6, 7], 2, 2)
     assert (sequence.target, sequence.shared) == (3, 2)
 
 
@@ -249,7 +251,7 @@ def _write_per_example(path: Path, n: int, seed: int) -> None:
     rows = []
     for i in range(n):
         tokens = int(rng.integers(50, 150))
-        nll = {key: float(1.5 + rng.normal(0, 0.2)) for key, _ in probe.CONDITIONS}
+        nll = {key: float(1.5 + rng.normal(0, 0.2)) for key, _ in conditions.CONDITIONS}
         nll["own"] = nll["mean"] - 0.05 + float(rng.normal(0, 0.02))
         rows.append(
             {
@@ -277,9 +279,9 @@ def test_a_cell_and_a_p_value_can_be_recomputed_from_the_per_example_file(tmp_pa
         data.write_text("{}\n")
         paths[dataset] = (per_example, record, data)
     lists = [[paths[ds][k] for ds in spec["datasets"]] for k in range(3)]
-    table = probe.build_table(spec, lists[0], lists[1], lists[2], lists[2], resamples=2000)
+    table = probe_table.build_table(spec, lists[0], lists[1], lists[2], lists[2], resamples=2000)
     outputs = {suffix: tmp_path / f"thought_probe.{suffix}" for suffix in ("md", "csv", "json", "png")}
-    probe.write_reports(table, outputs)
+    probe_table.write_reports(table, outputs)
 
     rows = {(r["dataset"], r["condition"]): r for r in csv.DictReader(outputs["csv"].open())}
     per_example = [json.loads(line) for line in paths["aqua"][0].read_text().splitlines()]

@@ -1,0 +1,313 @@
+"""`softcot probe table`: per-example NLL files -> reports/thought_probe.{md,csv,json,png}.
+
+Per condition the mean NLL per target token with its bootstrap CI; `own` against every other
+condition a paired sign-flip permutation test, Holm over the table. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softcot import stats
+from softcot.errors import ConfigError, DataError
+from softcot.io import atomic_path, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from softcot.probe.conditions import CONDITIONS, LABELS, REFERENCE
+
+ALPHA = 0.05
+SIGNIFICANT_MARK = "†"
+
+
+@dataclass
+class DatasetResult:
+    """One dataset's per-example NLL per token, aligned by example (file order)."""
+
+    dataset: str
+    ids: list[str]
+    tokens: np.ndarray  # [examples] scored tokens
+    nll: dict[str, np.ndarray]  # condition -> [examples] mean NLL per target token
+    nll_sum: dict[str, np.ndarray]  # condition -> [examples] summed NLL
+    record: dict[str, Any]  # the probe projector's training record
+    examples_sha256: str
+    fit_sha256: str
+
+
+@dataclass
+class Comparison:
+    """`own` minus another condition on one dataset, per example, in nats per token."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_adjusted: float = float("nan")
+
+    @property
+    def significant(self) -> bool:
+        return self.p_adjusted < ALPHA
+
+
+@dataclass
+class ProbeTable:
+    spec: dict[str, Any]
+    results: dict[str, DatasetResult]
+    intervals: dict[tuple[str, str], tuple[float, float]]  # (dataset, condition) -> CI of the mean
+    comparisons: dict[tuple[str, str], Comparison]  # (dataset, condition) -> own minus condition
+    resamples: int
+    commit: str
+
+
+def read_per_example(path: Path, dataset: str, record: dict, examples: Path, fit: Path) -> DatasetResult:
+    ids, tokens, nll, sums = [], [], {k: [] for k, _ in CONDITIONS}, {k: [] for k, _ in CONDITIONS}
+    for lineno, row in read_jsonl(path):
+        try:
+            ids.append(str(row["id"]))
+            tokens.append(int(row["target_tokens"]))
+            for key, _ in CONDITIONS:
+                nll[key].append(float(row["nll"][key]))
+                sums[key].append(float(row["nll_sum"][key]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: not a probe record ({type(exc).__name__}: {exc})") from exc
+    if len(ids) < 2 or len(set(ids)) != len(ids):
+        raise DataError(f"{path}: expected at least 2 records with distinct ids, got {len(ids)}")
+    return DatasetResult(
+        dataset,
+        ids,
+        np.array(tokens),
+        {k: np.array(v) for k, v in nll.items()},
+        {k: np.array(v) for k, v in sums.items()},
+        record,
+        sha256_file(examples)[:12],
+        sha256_file(fit)[:12],
+    )
+
+
+def build_table(
+    spec: dict[str, Any],
+    per_example: Sequence[Path],
+    records: Sequence[Path],
+    examples: Sequence[Path],
+    fits: Sequence[Path],
+    resamples: int = stats.DEFAULT_RESAMPLES,
+) -> ProbeTable:
+    """Per condition: mean NLL per token and its bootstrap CI over examples; `own` against every
+    other condition: paired sign-flip permutation test on per-example NLL, Holm over the table."""
+    from softcot.report import git_commit
+
+    lists = (per_example, records, examples, fits)
+    if any(len(paths) != len(spec["datasets"]) for paths in lists):
+        raise ConfigError("pass one per-example file, record, examples file and fit file per dataset")
+    missing = [str(p) for paths in lists for p in paths if not Path(p).exists()]
+    if missing:
+        raise DataError(f"{len(missing)} probe inputs are missing:\n  " + "\n  ".join(missing))
+    results = {}
+    for dataset, path, record, held_out, fit in zip(spec["datasets"], *lists, strict=True):
+        try:
+            training = json.loads(Path(record).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{record}: not valid JSON ({exc.msg})") from exc
+        results[dataset] = read_per_example(Path(path), dataset, training, Path(held_out), Path(fit))
+    intervals, comparisons = {}, {}
+    for dataset, result in results.items():
+        for key, _ in CONDITIONS:
+            intervals[dataset, key] = stats.bootstrap_ci(result.nll[key], resamples)
+            if key == REFERENCE:
+                continue
+            differences = result.nll[REFERENCE] - result.nll[key]
+            low, high = stats.bootstrap_ci(differences, resamples)
+            comparisons[dataset, key] = Comparison(
+                float(differences.mean()), low, high, stats.sign_flip_test(differences, resamples)
+            )
+    adjusted = stats.holm_adjust([c.p_value for c in comparisons.values()])
+    for comparison, p_adjusted in zip(comparisons.values(), adjusted, strict=True):
+        comparison.p_adjusted = float(p_adjusted)
+    return ProbeTable(spec, results, intervals, comparisons, resamples, git_commit())
+
+
+def render_markdown(table: ProbeTable) -> str:
+    spec, datasets = table.spec, table.spec["datasets"]
+    where = (
+        "held-out test examples" if spec["heldout"] == "test" else "the validation slice of the train split"
+    )
+    lines = [
+        f"# Thought probe: NLL per target token (nats) of the gold rationale and answer, pair "
+        f"{spec['pair']}, {where}",
+        "",
+        "| Condition | " + " | ".join(datasets) + " |",
+        "|:--" + "|--:" * len(datasets) + "|",
+    ]
+    for key, label in CONDITIONS:
+        cells = []
+        for dataset in datasets:
+            mean = float(table.results[dataset].nll[key].mean())
+            low, high = table.intervals[dataset, key]
+            comparison = table.comparisons.get((dataset, key))
+            mark = SIGNIFICANT_MARK if comparison and comparison.significant else ""
+            cells.append(f"{mean:.4f} [{low:.4f}, {high:.4f}]{mark}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"{LABELS[REFERENCE]} minus each condition, nats per token [95% CI], p (Holm-adjusted p); "
+        "negative: own thoughts make the gold target more likely:",
+        "",
+        "| Condition | " + " | ".join(datasets) + " |",
+        "|:--" + "|--:" * len(datasets) + "|",
+    ]
+    for key, label in CONDITIONS:
+        if key == REFERENCE:
+            continue
+        cells = []
+        for dataset in datasets:
+            c = table.comparisons[dataset, key]
+            cells.append(
+                f"{c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.4f} ({c.p_adjusted:.4f})"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(_notes(table), start=1)]
+    return "\n".join(lines) + "\n"
+
+
+def _training_note(dataset: str, result: DatasetResult, validation: int) -> str:
+    record = result.record
+    settings = record.get("settings", {})
+    losses = ", ".join(f"{loss:.4f}" for loss in record.get("epoch_losses", []))
+    return (
+        f"{dataset}: {record.get('examples')} examples (the first of the train split without its last "
+        f"{validation}), {settings.get('epochs')} epoch(s), {record.get('steps')} steps of batch "
+        f"{settings.get('batch_size')}, lr {settings.get('lr')} with linear decay, "
+        f"N={settings.get('num_thought_tokens')} at training, seed {settings.get('seed')}; mean loss per "
+        f"epoch {losses}"
+    )
+
+
+def _notes(table: ProbeTable) -> list[str]:
+    spec, datasets = table.spec, table.spec["datasets"]
+    n_tests = len(table.comparisons)
+    heldout = (
+        "the first examples of each test split"
+        if spec["heldout"] == "test"
+        else f"the last {spec['validation']} examples of each train split (never trained on)"
+    )
+    models = spec["models"]
+    return [
+        "Cell: the mean over examples of each example's mean negative log-likelihood per target token "
+        "(nats), teacher-forced; [95% CI]: percentile bootstrap over examples, "
+        f"{table.resamples:,} resamples. Target: the gold rationale and answer in the training target "
+        "format (the assistant turn as the projector is trained on it); every condition scores the same "
+        "tokens: "
+        + ", ".join(f"{ds} {int(table.results[ds].tokens.sum()):,}" for ds in datasets)
+        + " in all.",
+        f"Conditions: the base prompt without the hint (Zero-Shot CoT); with the hint and "
+        f"N={spec['num_thought_tokens']} thought tokens whose slot holds the base model's UNK embeddings "
+        "(CoT-UNK), the example's assistant thoughts through the untrained projector (its seeded "
+        "initial weights), through the trained projector (own), another held-out example's thoughts "
+        f"through it (a fixed derangement: Sattolo cycle from numpy default_rng({spec['seed']}), no "
+        "example keeps its own), or the trained projector's thoughts averaged over its training "
+        "examples (one soft prompt for all questions). The prompt before the slot is computed once "
+        "per example and its KV cache reused.",
+        f"{SIGNIFICANT_MARK}: Holm-adjusted p < {ALPHA} for own thoughts against that condition. Test: "
+        "two-sided paired sign-flip permutation test on per-example NLL per token (own minus "
+        f"condition), {table.resamples:,} resamples from numpy default_rng({stats.DEFAULT_SEED}), "
+        f"p = (b+1)/(R+1). Correction: Holm–Bonferroni over all {n_tests} comparisons of this table. "
+        f"CI of a difference: percentile bootstrap, {table.resamples:,} resamples.",
+        f"Examples ({heldout}): " + ", ".join(f"{ds} {len(table.results[ds].ids)}" for ds in datasets) + ".",
+        "Probe projector (its own artefact, not the main tables'): "
+        + "; ".join(_training_note(ds, table.results[ds], spec["validation"]) for ds in datasets)
+        + ". Its settings were chosen on the validation slice (reports/thought_probe_validation.md), "
+        "never on the test split.",
+        f"Pair: {spec['pair']} (assistant {models['assistant']}, base {models['base']}); preset "
+        f"{spec['preset']}; prompt set {spec['train']['prompt_set']}.",
+        f"Code: git commit {table.commit}.",
+        "Data: sha256 (first 12 hex) of the scored file and of the fit part trained on: "
+        + ", ".join(
+            f"{ds} {table.results[ds].examples_sha256} / {table.results[ds].fit_sha256}" for ds in datasets
+        )
+        + ". Per-example values: results/probe/{pair}/{dataset}/"
+        + f"{spec['heldout']}/per_example.jsonl.",
+    ]
+
+
+def csv_rows(table: ProbeTable) -> list[dict[str, Any]]:
+    """One row per (dataset, condition), every number at full precision."""
+    rows = []
+    for dataset, result in table.results.items():
+        for key, label in CONDITIONS:
+            c = table.comparisons.get((dataset, key))
+            low, high = table.intervals[dataset, key]
+            rows.append(
+                {
+                    "table": table.spec["name"],
+                    "pair": table.spec["pair"],
+                    "dataset": dataset,
+                    "condition": key,
+                    "label": label,
+                    "n_examples": len(result.ids),
+                    "n_tokens": int(result.tokens.sum()),
+                    "mean_nll": float(result.nll[key].mean()),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "pooled_nll": float(result.nll_sum[key].sum() / result.tokens.sum()),
+                    "own_minus": c.delta if c else "",
+                    "diff_ci_low": c.ci_low if c else "",
+                    "diff_ci_high": c.ci_high if c else "",
+                    "p_value": c.p_value if c else "",
+                    "p_adjusted": c.p_adjusted if c else "",
+                    "significant": c.significant if c else "",
+                }
+            )
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def metrics(table: ProbeTable) -> dict[str, dict[str, float]]:
+    """{condition: {dataset: mean NLL per token}} for `dvc exp show`."""
+    return {
+        key: {ds: round(float(r.nll[key].mean()), 6) for ds, r in table.results.items()}
+        for key, _ in CONDITIONS
+    }
+
+
+def write_plot(path: Path, table: ProbeTable) -> None:
+    """Per dataset, the conditions side by side: mean NLL per token with its 95% bootstrap CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = table.spec["datasets"]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(datasets) + 3), 4))
+    width = 0.8 / len(CONDITIONS)
+    for i, (key, label) in enumerate(CONDITIONS):
+        xs = [d + (i - (len(CONDITIONS) - 1) / 2) * width for d in range(len(datasets))]
+        means = [float(table.results[ds].nll[key].mean()) for ds in datasets]
+        lows = [m - table.intervals[ds, key][0] for m, ds in zip(means, datasets, strict=True)]
+        highs = [table.intervals[ds, key][1] - m for m, ds in zip(means, datasets, strict=True)]
+        ax.errorbar(xs, means, yerr=[lows, highs], fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("NLL per target token (nats), mean and 95% CI")
+    ax.set_title(f"Thought probe, pair {table.spec['pair']} ({table.spec['heldout']})", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_reports(table: ProbeTable, outputs: dict[str, Path]) -> list[Path]:
+    write_text_atomic(outputs["md"], render_markdown(table))
+    write_csv(outputs["csv"], csv_rows(table))
+    write_json_atomic(outputs["json"], metrics(table))
+    write_plot(outputs["png"], table)
+    return [outputs[suffix] for suffix in ("md", "csv", "json", "png")]
