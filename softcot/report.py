@@ -12,8 +12,6 @@ out as {pair}/{dataset}/{method}/seed{seed}.jsonl can be tabulated.
 from __future__ import annotations
 
 import argparse
-import csv
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from softcot import stats
+from softcot import stats, tables
 from softcot.errors import ConfigError, DataError
-from softcot.io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from softcot.io import sha256_file
 from softcot.plan import Plan, parse_settings
 from softcot.predictions import (
     MODES,
@@ -35,9 +33,8 @@ from softcot.predictions import (
     prediction_path,
     prepared_test_path,
 )
+from softcot.tables import ALPHA, REPORT_SUFFIXES, SIGNIFICANT_MARK, Comparison, apply_holm, git_commit
 
-ALPHA = 0.05
-SIGNIFICANT_MARK = "†"
 AVERAGE = "avg"
 SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset", "primary_extractor")
 ROW_KEYS = ("key", "label", "pair", "method", "seeds", "limit")
@@ -85,21 +82,6 @@ def check_spec(spec: Any, source: str) -> None:
 
 # --- the table --------------------------------------------------------------------------
 @dataclass
-class Comparison:
-    """A row against the baseline on one dataset; differences in percentage points."""
-
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    p_adjusted: float = float("nan")
-
-    @property
-    def significant(self) -> bool:
-        return self.p_adjusted < ALPHA
-
-
-@dataclass
 class Table:
     name: str
     spec: dict[str, Any]
@@ -146,24 +128,6 @@ def compare(cell: Cell, baseline: Cell, mode: str, resamples: int) -> Comparison
     )
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD of the working tree, "+dirty" when it has changes, "unknown" outside git.
-
-    `reports/` is not looked at: it holds the tables being written, and Snakemake deletes a
-    table's outputs before its job, so the tracked `reports/main_table.json` (DVC's baseline
-    metrics) would make every run from a clean clone read as dirty."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--", ":/", ":(top,exclude)reports").strip())
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def build_table(
     name: str,
     spec: dict[str, Any],
@@ -189,9 +153,7 @@ def build_table(
             key: compare(cells[key], cells[spec["baseline"], key[1]], mode, resamples)
             for key in tqdm(tested, desc=f"{name}: significance tests ({mode})", unit="test")
         }
-        adjusted = stats.holm_adjust([c.p_value for c in comparisons[mode].values()])
-        for comparison, p_adjusted in zip(comparisons[mode].values(), adjusted, strict=True):
-            comparison.p_adjusted = float(p_adjusted)
+        apply_holm(comparisons[mode].values())
     data_hashes = {ds: sha256_file(prepared_test_path(prepared, ds))[:12] for ds in spec["datasets"]}
     return Table(name, spec, cells, comparisons, resamples, git_commit(), data_hashes)
 
@@ -353,13 +315,6 @@ def csv_rows(table: Table) -> list[dict[str, Any]]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def metrics(table: Table) -> dict[str, dict[str, float]]:
     """{"acc": {row key: mean accuracy %}} under the primary extractor: the Avg column where the
     table has one, else its only (or first) dataset. Few short names keep `dvc exp show` legible
@@ -377,12 +332,7 @@ def metrics(table: Table) -> dict[str, dict[str, float]]:
 def write_plot(path: Path, table: Table) -> None:
     """Tables whose rows sit at a position `x` (e.g. the thought-token count) plot accuracy against
     x with the baseline dashed; the others plot one bar group per dataset. Error bars: sample std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = tables.pyplot().subplots(figsize=(6, 4))
     if any("x" in row for row in table.spec["rows"]):
         _plot_against_x(ax, table)
     else:
@@ -390,10 +340,7 @@ def write_plot(path: Path, table: Table) -> None:
     ax.set_ylabel(f"accuracy (%), {table.primary} extractor, mean ± sample std over seeds")
     ax.set_title(table.spec["title"], fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    plt.close(fig)
+    tables.save_figure(fig, path)
 
 
 def _summary(table: Table, row_key: str, dataset: str) -> tuple[float, float]:
@@ -438,11 +385,7 @@ def _plot_bars(ax: Any, table: Table) -> None:
 
 def write_reports(table: Table, outputs: dict[str, Path]) -> list[Path]:
     """Write the md, csv, json and png named in `outputs`; return their paths."""
-    write_text_atomic(outputs["md"], render_markdown(table))
-    write_csv(outputs["csv"], csv_rows(table))
-    write_json_atomic(outputs["json"], metrics(table))
-    write_plot(outputs["png"], table)
-    return [outputs[suffix] for suffix in ("md", "csv", "json", "png")]
+    return tables.write_reports(table, outputs, render_markdown, csv_rows, metrics, write_plot)
 
 
 # --- command line -----------------------------------------------------------------------
@@ -454,7 +397,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", help="the table spec as JSON (Snakemake passes it); overrides --params")
     parser.add_argument("--predictions", default="results/predictions", help="root of the prediction files")
     parser.add_argument("--prepared", default="data/prepared", help="root of the prepared datasets")
-    for suffix in ("md", "csv", "json", "png"):
+    for suffix in REPORT_SUFFIXES:
         parser.add_argument(f"--{suffix}", required=True, type=Path, help=f"the {suffix} report to write")
     parser.add_argument(
         "--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="permutation and bootstrap resamples"
@@ -470,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
         spec = parse_settings(args.settings)
         check_spec(spec, "--settings")
     table = build_table(args.table, spec, args.predictions, args.prepared, args.resamples)
-    outputs = {suffix: getattr(args, suffix) for suffix in ("md", "csv", "json", "png")}
+    outputs = {suffix: getattr(args, suffix) for suffix in REPORT_SUFFIXES}
     for path in write_reports(table, outputs):
         print(path)
     return 0

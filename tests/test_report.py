@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softcot import report, stats
+from softcot import report, stats, tables
 from softcot.answers import extract_answer, is_correct
 from softcot.cli import main
 from softcot.errors import DataError
@@ -433,7 +433,7 @@ def test_cli_settings_default_resamples_and_errors(tmp_path, capsys):
 def test_git_commit_reports_unknown_clean_and_dirty(tmp_path):
     outside = tmp_path / "plain"
     outside.mkdir()
-    assert report.git_commit(outside) == "unknown"
+    assert tables.git_commit(outside) == "unknown"
 
     repo = tmp_path / "repo"  # a throwaway repository, not the project's
     repo.mkdir()
@@ -447,10 +447,10 @@ def test_git_commit_reports_unknown_clean_and_dirty(tmp_path):
     head = subprocess.run(
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert report.git_commit(repo) == head
+    assert tables.git_commit(repo) == head
     # The table being written: Snakemake deletes its tracked outputs before the job.
     (repo / "reports" / "main_table.json").unlink()
-    assert report.git_commit(repo) == head
-    assert report.git_commit(repo / "reports") == head
+    assert tables.git_commit(repo) == head
+    assert tables.git_commit(repo / "reports") == head
     (repo / "f.txt").write_text("b")
-    assert report.git_commit(repo) == head + "+dirty"
+    assert tables.git_commit(repo) == head + "+dirty"

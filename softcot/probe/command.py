@@ -25,6 +25,7 @@ from softcot.probe.heldout import split_train
 from softcot.probe.scoring import ProbeInputs, check_disjoint, score
 from softcot.probe.table import build_table, write_reports
 from softcot.resources import add_threads_argument, set_torch_threads
+from softcot.tables import REPORT_SUFFIXES
 
 # The settings each action reads (softcot.plan resolves them; a hand-written --settings is checked).
 SPLIT_KEYS = {"validation"}
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(table)
     for what in ("per-example", "records", "examples", "fit"):
         table.add_argument(f"--{what}", nargs="+", required=True, type=Path, help="one per dataset, in order")
-    for suffix in ("md", "csv", "json", "png"):
+    for suffix in REPORT_SUFFIXES:
         table.add_argument(f"--{suffix}", required=True, type=Path, help=f"the {suffix} report to write")
     table.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES)
 
@@ -171,7 +172,7 @@ def _run_table(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resamples must be at least 1, got {args.resamples}")
     spec = _settings(args, lambda plan: plan.probe_table(args.name), TABLE_KEYS)
     table = build_table(spec, args.per_example, args.records, args.examples, args.fit, args.resamples)
-    outputs = {suffix: getattr(args, suffix) for suffix in ("md", "csv", "json", "png")}
+    outputs = {suffix: getattr(args, suffix) for suffix in REPORT_SUFFIXES}
     for path in write_reports(table, outputs):
         print(path)
     return 0

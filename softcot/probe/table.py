@@ -6,7 +6,6 @@ condition a paired sign-flip permutation test, Holm over the table. No torch her
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from softcot import stats
+from softcot import stats, tables
 from softcot.errors import ConfigError, DataError
-from softcot.io import atomic_path, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from softcot.io import read_jsonl, sha256_file
 from softcot.probe.conditions import CONDITIONS, LABELS, REFERENCE
-
-ALPHA = 0.05
-SIGNIFICANT_MARK = "†"
+from softcot.tables import ALPHA, SIGNIFICANT_MARK, Comparison, apply_holm, git_commit
 
 
 @dataclass
@@ -36,21 +33,6 @@ class DatasetResult:
     record: dict[str, Any]  # the probe projector's training record
     examples_sha256: str
     fit_sha256: str
-
-
-@dataclass
-class Comparison:
-    """`own` minus another condition on one dataset, per example, in nats per token."""
-
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    p_adjusted: float = float("nan")
-
-    @property
-    def significant(self) -> bool:
-        return self.p_adjusted < ALPHA
 
 
 @dataclass
@@ -98,8 +80,6 @@ def build_table(
 ) -> ProbeTable:
     """Per condition: mean NLL per token and its bootstrap CI over examples; `own` against every
     other condition: paired sign-flip permutation test on per-example NLL, Holm over the table."""
-    from softcot.report import git_commit
-
     lists = (per_example, records, examples, fits)
     if any(len(paths) != len(spec["datasets"]) for paths in lists):
         raise ConfigError("pass one per-example file, record, examples file and fit file per dataset")
@@ -124,9 +104,7 @@ def build_table(
             comparisons[dataset, key] = Comparison(
                 float(differences.mean()), low, high, stats.sign_flip_test(differences, resamples)
             )
-    adjusted = stats.holm_adjust([c.p_value for c in comparisons.values()])
-    for comparison, p_adjusted in zip(comparisons.values(), adjusted, strict=True):
-        comparison.p_adjusted = float(p_adjusted)
+    apply_holm(comparisons.values())
     return ProbeTable(spec, results, intervals, comparisons, resamples, git_commit())
 
 
@@ -264,13 +242,6 @@ def csv_rows(table: ProbeTable) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def metrics(table: ProbeTable) -> dict[str, dict[str, float]]:
     """{condition: {dataset: mean NLL per token}} for `dvc exp show`."""
     return {
@@ -281,13 +252,8 @@ def metrics(table: ProbeTable) -> dict[str, dict[str, float]]:
 
 def write_plot(path: Path, table: ProbeTable) -> None:
     """Per dataset, the conditions side by side: mean NLL per token with its 95% bootstrap CI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = table.spec["datasets"]
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(datasets) + 3), 4))
+    fig, ax = tables.pyplot().subplots(figsize=(max(6, 2.2 * len(datasets) + 3), 4))
     width = 0.8 / len(CONDITIONS)
     for i, (key, label) in enumerate(CONDITIONS):
         xs = [d + (i - (len(CONDITIONS) - 1) / 2) * width for d in range(len(datasets))]
@@ -299,15 +265,9 @@ def write_plot(path: Path, table: ProbeTable) -> None:
     ax.set_ylabel("NLL per target token (nats), mean and 95% CI")
     ax.set_title(f"Thought probe, pair {table.spec['pair']} ({table.spec['heldout']})", fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    plt.close(fig)
+    tables.save_figure(fig, path)
 
 
 def write_reports(table: ProbeTable, outputs: dict[str, Path]) -> list[Path]:
-    write_text_atomic(outputs["md"], render_markdown(table))
-    write_csv(outputs["csv"], csv_rows(table))
-    write_json_atomic(outputs["json"], metrics(table))
-    write_plot(outputs["png"], table)
-    return [outputs[suffix] for suffix in ("md", "csv", "json", "png")]
+    """Write the md, csv, json and png named in `outputs`; return their paths."""
+    return tables.write_reports(table, outputs, render_markdown, csv_rows, metrics, write_plot)
