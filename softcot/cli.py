@@ -1,8 +1,8 @@
 """`softcot` command line: one subcommand per pipeline step.
 
-Each subcommand lives in the module that owns the step and exposes
-`add_arguments(parser)` and `run(args)`. Modules are imported only when their command runs,
-so `softcot --help` answers without loading torch.
+Each subcommand is a module with `add_arguments(parser)` and `run(args)`: in softcot/commands/
+where its step is resolved from params.yaml, otherwise beside the step it runs. Modules are
+imported only when their command runs, so `softcot --help` answers without loading torch.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ import sys
 from softcot.errors import SoftCoTError
 
 COMMANDS = {
-    "prepare": ("softcot.data.prepare", "prepare one dataset split into the common schema"),
+    "prepare": ("softcot.commands.prepare", "prepare one dataset split into the common schema"),
     "materialize": ("softcot.models.materialize", "turn a model spec into a local Hugging Face directory"),
     "verify": ("softcot.models.verify", "check materialized model directories against their manifests"),
-    "train": ("softcot.train", "train the soft-thought projection of a model pair on a dataset"),
-    "evaluate": ("softcot.evaluate", "evaluate a method of a model pair on a dataset for every seed"),
-    "merge": ("softcot.shards", "merge a sharded evaluation's shards into per-seed prediction files"),
+    "train": ("softcot.commands.train", "train the soft-thought projection of a model pair on a dataset"),
+    "evaluate": (
+        "softcot.commands.evaluate",
+        "evaluate a method of a model pair on a dataset for every seed",
+    ),
+    "merge": ("softcot.commands.merge", "merge a sharded evaluation's shards into per-seed prediction files"),
     "import-projector": ("softcot.import_projector", "convert the authors' projection.bin into a checkpoint"),
     "table": ("softcot.report", "build a significance-tested table from prediction files"),
     "probe": (
-        "softcot.probe",
+        "softcot.probe.command",
         "the thought probe: held-out likelihood of the gold target under six conditions",
     ),
 }

@@ -15,8 +15,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from softcot.data.datasets import dataset_names
+from softcot.data.datasets import catalog, dataset_names, dataset_spec
 from softcot.errors import ConfigError
+from softcot.methods.catalog import artefacts, method_kinds, method_spec
+from softcot.models.registry import model_names
+from softcot.prompts.sets import prompt_set_names
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -78,9 +81,6 @@ def _prompt_set_choices(raw: dict) -> list[tuple[str, str]]:
 
 def _cross_references(raw: dict) -> list[str]:
     """What a schema cannot express: names that must exist elsewhere, and per-method limits."""
-    from softcot.methods import method_class, method_kinds
-    from softcot.prompts.sets import prompt_set_names
-
     problems = []
     datasets, prompt_sets, kinds = dataset_names(), prompt_set_names(), method_kinds()
     if raw["preset"] not in raw["presets"]:
@@ -92,8 +92,6 @@ def _cross_references(raw: dict) -> list[str]:
     for key, value in _prompt_set_choices(raw):
         if value not in prompt_sets:
             problems.append(f"{key}: unknown prompt set {value!r} (available: {', '.join(prompt_sets)})")
-    from softcot.models.registry import model_names
-
     for name in raw["models"]["local_paths"]:
         if name not in model_names():
             problems.append(f"models.local_paths.{name}: not a registered model ({', '.join(model_names())})")
@@ -121,12 +119,12 @@ def _cross_references(raw: dict) -> list[str]:
         for preset_name, preset in raw["presets"].items():
             merged = deep_merge(deep_merge(raw["eval"], preset.get("eval", {})), method)
             merged = deep_merge(merged, preset.get("methods", {}).get(name, {}))
-            for key in sorted(set(method_class(method["kind"]).eval_keys()) - set(merged) - {"samples"}):
+            for key in sorted(set(method_spec(method["kind"]).eval_keys) - set(merged) - {"samples"}):
                 problems.append(
                     f"methods.{name}.{key}: method kind {method['kind']!r} reads {key!r}, which neither "
                     f"the method nor `eval` sets (preset {preset_name!r})"
                 )
-        if "num_thought_tokens" in method_class(method["kind"]).eval_keys():
+        if "num_thought_tokens" in method_spec(method["kind"]).eval_keys:
             for preset_name, preset in raw["presets"].items():
                 merged = deep_merge(deep_merge(raw["eval"], preset.get("eval", {})), method)
                 if merged["num_thought_tokens"] < 1:
@@ -160,9 +158,6 @@ def _cross_references(raw: dict) -> list[str]:
 
 def _trained_on_problems(raw: dict, kinds: tuple[str, ...]) -> list[str]:
     """`trained_on` names a dataset with a train split; a method entry setting it must train."""
-    from softcot.data.datasets import catalog
-    from softcot.methods import method_class
-
     entries = [("eval", raw["eval"], None)]
     entries += [
         (f"presets.{name}.eval", preset.get("eval", {}), None) for name, preset in raw["presets"].items()
@@ -180,27 +175,25 @@ def _trained_on_problems(raw: dict, kinds: tuple[str, ...]) -> list[str]:
         dataset = entry["trained_on"]
         if dataset not in catalog() or not catalog()[dataset].trains:
             problems.append(f"{key}.trained_on: {dataset!r} is not a dataset with a train split")
-        elif kind in kinds and method_class(kind).artefact is None:
+        elif kind in kinds and method_spec(kind).artefact is None:
             problems.append(f"{key}.trained_on: method kind {kind!r} trains nothing")
     return problems
 
 
 def _train_section_problems(raw: dict) -> list[str]:
     """An artefact's own train section (`train.lora`, ...) may hold only keys its training reads."""
-    from softcot.methods import artefacts
-
     sections = [("train", raw["train"])] + [
         (f"presets.{name}.train", preset.get("train", {})) for name, preset in raw["presets"].items()
     ]
     problems = []
     for where, train in sections:
-        for name, (_, trainer) in artefacts().items():
+        for name, artefact in artefacts().items():
             if name not in train:
                 continue
-            if trainer.train_keys is None:
+            if artefact.train_keys is None:
                 problems.append(f"{where}.{name}: artefact {name!r} has no section of its own")
                 continue
-            for key in sorted(set(train[name]) - set(trainer.train_keys)):
+            for key in sorted(set(train[name]) - set(artefact.train_keys)):
                 problems.append(f"{where}.{name}.{key}: the {name} training does not read {key!r}")
     return problems
 
@@ -208,8 +201,6 @@ def _train_section_problems(raw: dict) -> list[str]:
 def _probe_problems(raw: dict) -> list[str]:
     """The thought probe's names: per preset (its overrides merged), a pair role the preset
     defines and datasets with a training split (the probe trains its own projector)."""
-    from softcot.data.datasets import dataset_spec
-
     probe = raw["probe"]
     problems = [
         f"probe.presets.{name}: not a preset (defined: {', '.join(raw['presets'])})"
@@ -232,6 +223,60 @@ def _probe_problems(raw: dict) -> list[str]:
                     f"on (preset {name!r})"
                 )
     return problems
+
+
+# --- a step's settings, written by hand or passed by Snakemake --------------------------------------
+def _schema_defs() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))["$defs"]
+
+
+def check_data_settings(dataset: str, settings: dict) -> None:
+    """The settings must hold exactly the dataset's result-affecting keys, valid per params.schema.yaml."""
+    expected = set(dataset_spec(dataset).settings)
+    if not isinstance(settings, dict) or set(settings) != expected:
+        got = sorted(settings) if isinstance(settings, dict) else type(settings).__name__
+        raise ConfigError(
+            f"--settings for {dataset}: expected the keys {sorted(expected)} of data, got {got}"
+        )
+    defs = _schema_defs()
+    for key, value in settings.items():
+        key_schema = {"$defs": defs, **defs["data_fields"]["properties"][key]}
+        for error in jsonschema.Draft202012Validator(key_schema).iter_errors(value):
+            path = "".join(f".{p}" for p in error.absolute_path)
+            raise ConfigError(f"--settings for {dataset}: data.{key}{path}: {error.message}")
+
+
+def check_train_settings(settings: Any, origin: str) -> dict[str, Any]:
+    """Check a train step's settings: the method, the pair, the option format, and every train key
+    its artefact's training reads (by params.schema.yaml; nothing falls back silently)."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{origin}: the train settings must be a JSON object")
+    for key in ("kind", "pair", "option_format"):
+        if key not in settings:
+            raise ConfigError(f"{origin}: the train settings lack {key!r}")
+    method = method_spec(settings["kind"])
+    if method.artefact is None:
+        raise ConfigError(f"{origin}: method kind {method.kind!r} trains nothing")
+    roles = {"base", "assistant"} if method.uses_assistant else {"base"}
+    if not isinstance(settings["pair"], dict) or set(settings["pair"]) != roles:
+        raise ConfigError(f"{origin}: 'pair' must name the models {sorted(roles)}, got {settings['pair']!r}")
+    defs = _schema_defs()
+    known = {**defs["train_settings"]["properties"], **defs["train_options"]["properties"]}
+    keys = method.artefact.train_keys or list(defs["train_settings"]["properties"])
+    section = {
+        "type": "object",
+        "$defs": defs,
+        "additionalProperties": False,
+        "required": sorted(keys),
+        "properties": {**{key: known[key] for key in keys}, "kind": {}, "pair": {}, "option_format": {}},
+    }
+    errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
+    if errors:
+        lines = [
+            f"  train.{'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
+        ]
+        raise ConfigError(f"{origin}: invalid train settings:\n" + "\n".join(lines))
+    return settings
 
 
 @dataclass(frozen=True)
@@ -282,8 +327,6 @@ class Config:
         """The train section with the preset's merged in. A section named after a trained artefact
         (`train.lora`, `train.coconut`) belongs to that artefact alone: it is left out, except for
         `artefact`, whose section is merged over the common keys (it may override them)."""
-        from softcot.methods import artefacts
-
         merged = deep_merge(self.raw["train"], self.preset.get("train", {}))
         sections = {name: merged.pop(name) for name in artefacts() if name in merged}
         return deep_merge(merged, sections.get(artefact, {})) if artefact else merged

@@ -10,12 +10,12 @@ votes and writes.
 Completed batches are appended to a partial file, so an interrupted job resumes after the last
 completed batch; the final prediction files appear atomically. A sharded evaluation runs one job
 per shard of examples (`--shard K/N --rows FILE`, each with its own partial file) and `softcot
-merge` writes the prediction files (softcot.shards); both end in softcot.records.
+merge` writes the prediction files (softcot.shards); both end in softcot.records. The command
+line is softcot.commands.evaluate.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -24,19 +24,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from softcot.data.schema import read_prepared
-from softcot.errors import ConfigError
 from softcot.generate import SamplingConfig, generate, left_pad, row_seed
 from softcot.io import dumps_jsonl_record, write_text_atomic
-from softcot.methods import Method, method_class
-from softcot.models.registry import add_local_path_argument
-from softcot.plan import Plan, check_keys, eval_setting_keys, parse_settings
-from softcot.prompts import PromptRenderer, load_prompt_set
+from softcot.prompts.render import PromptRenderer
 from softcot.records import (
     Evaluation,
     Row,
@@ -46,19 +41,28 @@ from softcot.records import (
     seed_records,
     write_seed_files,
 )
-from softcot.resources import (
-    CPU_BATCH_SIZE,
-    add_threads_argument,
-    architecture_of,
-    auto_batch_size,
-    parse_batch_size,
-    set_torch_threads,
-)
-from softcot.shards import parse_shard, shard_bounds, write_rows
+from softcot.resources import CPU_BATCH_SIZE, architecture_of, auto_batch_size
+from softcot.shards import write_rows
 
 __all__ = ["Job", "Row", "all_rows", "evaluate", "evaluate_shard", "seed_metrics", "seed_records"]
 
 PARTIAL_NAME = ".partial.jsonl"
+
+
+class InputBuilder(Protocol):
+    """What a method gives the engine: the base prompts, per-example work shared by every seed and
+    sample, the base's input embeddings of a batch, and the tensors that decide its outputs
+    (softcot.methods.base.Method implements it)."""
+
+    def base_prompts(self, job: Job) -> list[list[int]]: ...
+
+    def prepare(self, job: Job) -> None: ...
+
+    def input_embeddings(
+        self, job: Job, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None: ...
+
+    def fingerprint_tensors(self, job: Job) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Job(Evaluation):
 
     base: Any  # softcot.models.LoadedModel
     base_renderer: PromptRenderer
-    method: Method
+    method: InputBuilder
     batch_size: int | None  # rows per generation batch, None = auto; cannot change an output
     assistant: Any | None = None
     assistant_renderer: PromptRenderer | None = None
@@ -234,115 +238,3 @@ def evaluate_shard(job: Job, rows_file: Path, shard: int, shards: int) -> Path:
     write_rows(rows_file, job, shard, shards, done, new_tokens, seconds)
     partial.unlink(missing_ok=True)
     return rows_file
-
-
-# --- command line --------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", required=True, help="model pair name (params.yaml presets.<preset>.pairs)")
-    parser.add_argument("--dataset", required=True, help="dataset to evaluate on (its test split)")
-    parser.add_argument("--method", required=True, help="method name (params.yaml methods)")
-    parser.add_argument(
-        "--settings",
-        help="the step's settings as JSON (what `snakemake -n -p` shows); default: resolved from --params",
-    )
-    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
-    parser.add_argument("--test", required=True, help="prepared test file (data/prepared/DATASET/test.jsonl)")
-    parser.add_argument(
-        "--models-dir", default="results/models", help="materialized models (default: %(default)s)"
-    )
-    parser.add_argument("--artefact", help="the method's trained artefact, e.g. a projector checkpoint")
-    parser.add_argument("--predictions", nargs="+", help="one prediction file per seed, in the seeds' order")
-    parser.add_argument("--metrics", nargs="+", help="one metrics file per seed, likewise")
-    parser.add_argument(
-        "--shard",
-        metavar="K/N",
-        help="evaluate only shard K of N of the examples into --rows (then `softcot merge` the N shards)",
-    )
-    parser.add_argument(
-        "--rows", help="the shard's rows file (with --shard, instead of --predictions/--metrics)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        help="rows per generation batch, or auto: the largest that fits the GPU's free memory "
-        "(default: params eval.batch_size)",
-    )
-    add_threads_argument(parser)
-    add_local_path_argument(parser)
-
-
-def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], int | None]:
-    """(the step's settings, batch size or None for auto): from the arguments, else params.yaml."""
-    if args.settings is None:
-        step = Plan.load(args.params).evaluate(args.pair, args.dataset, args.method)
-        settings, batch_size = step.settings, step.runtime["batch_size"]
-    else:
-        settings = parse_settings(args.settings)
-        batch_size = args.batch_size if args.batch_size is not None else Plan.load(args.params).batch_size
-    if args.batch_size is not None:
-        batch_size = args.batch_size
-    check_keys(settings, eval_setting_keys(str(settings.get("kind"))), "--settings")
-    return settings, parse_batch_size(batch_size)
-
-
-def run(args: argparse.Namespace) -> int:
-    from softcot.models import load_model  # torch-heavy: only when evaluating
-    from softcot.models.registry import parse_local_paths
-
-    settings, batch_size = _settings(args)
-    if (args.shard is None) != (args.rows is None) or (args.shard is None) != bool(args.predictions):
-        raise ConfigError("pass either --predictions and --metrics, or --shard K/N and --rows")
-    method = method_class(settings["kind"])()
-    if method.artefact is not None and args.artefact is None:
-        raise ConfigError(f"method {args.method!r} needs its trained {method.artefact.name}: pass --artefact")
-    set_torch_threads(args.threads)
-    examples = read_prepared(Path(args.test))
-    if settings.get("limit"):
-        examples = examples[: int(settings["limit"])]
-    if args.shard is not None:
-        shard, shards = parse_shard(args.shard)
-        lo, hi = shard_bounds(len(examples), shard, shards)
-        examples = examples[lo:hi]
-        if not examples:  # more shards than examples: nothing to generate, no model to load
-            write_rows(
-                Path(args.rows),
-                Evaluation(args.pair, args.dataset, args.method, settings, []),
-                shard,
-                shards,
-                {},
-                0,
-                0.0,
-            )
-            print(args.rows)
-            return 0
-    if method.artefact is not None:
-        method.check_artefact(Path(args.artefact))
-    prompt_set = load_prompt_set(settings["prompt_set"])
-    models = settings["pair"]
-    local_paths = parse_local_paths(args.local_path)
-    base = load_model(models["base"], args.models_dir, local_paths=local_paths)
-    option_format = settings["option_format"]
-    job = Job(
-        args.pair,
-        args.dataset,
-        args.method,
-        settings,
-        examples,
-        base,
-        PromptRenderer(prompt_set, base, option_format),
-        method,
-        batch_size,
-    )
-    if method.uses_assistant:
-        same = models["assistant"] == models["base"]
-        job.assistant = (
-            base if same else load_model(models["assistant"], args.models_dir, local_paths=local_paths)
-        )
-        job.assistant_renderer = PromptRenderer(prompt_set, job.assistant, option_format)
-    if method.artefact is not None:
-        method.load_artefact(job, Path(args.artefact))
-    if args.shard is not None:
-        print(evaluate_shard(job, Path(args.rows), shard, shards))
-        return 0
-    for path in evaluate(job, [Path(p) for p in args.predictions], [Path(p) for p in args.metrics]):
-        print(path)
-    return 0

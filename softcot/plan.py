@@ -17,7 +17,8 @@ from typing import Any
 from softcot.config import Config, deep_merge
 from softcot.data.datasets import catalog, dataset_spec
 from softcot.errors import ConfigError
-from softcot.methods import Artefact, Method, artefacts, method_class
+from softcot.methods.catalog import MethodSpec, method_spec
+from softcot.methods.catalog import artefact as catalog_artefact
 from softcot.models.manifest import MANIFEST_NAME
 from softcot.models.registry import architecture, get_spec
 from softcot.records import rows_per_seed
@@ -41,6 +42,22 @@ class Step:
     def settings_json(self) -> str:
         """Canonical JSON: equal settings give equal strings, so Snakemake compares them exactly."""
         return json.dumps(self.settings, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A method's evaluation settings as the config resolves them (protocol defaults, the preset's,
+    the method's own keys, the preset's keys for it), with its catalog entry: resolved once per
+    plan and passed down as one value."""
+
+    name: str
+    spec: MethodSpec
+    settings: dict[str, Any]
+
+    @property
+    def shards(self) -> int:
+        """How many jobs an evaluation is split into (eval.shards)."""
+        return int(self.settings.get("shards", 1))
 
 
 # --- paths ----------------------------------------------------------------------------------------
@@ -112,7 +129,7 @@ def check_keys(settings: dict[str, Any], expected: set[str], source: str) -> Non
 
 def eval_setting_keys(kind: str) -> set[str]:
     """The keys of an evaluation step's settings for a method kind."""
-    return {"kind", "pair", "option_format", *method_class(kind).eval_keys()}
+    return {"kind", "pair", "option_format", *method_spec(kind).eval_keys}
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -121,6 +138,7 @@ class Plan:
 
     def __init__(self, config: Config):
         self.config = config
+        self._resolved: dict[str, ResolvedMethod] = {}
 
     @classmethod
     def load(cls, params: str | Path = "params.yaml", overrides: dict | None = None) -> Plan:
@@ -161,8 +179,9 @@ class Plan:
         key = dataset_spec(dataset).option_format
         return None if key is None else self.config.data_settings()[key]["option_format"]
 
-    def method(self, name: str) -> type[Method]:
-        return method_class(self.config.eval_settings(name)["kind"])
+    def method(self, name: str) -> MethodSpec:
+        """The catalog entry of a method's kind."""
+        return method_spec(self.config.eval_settings(name)["kind"])
 
     def _pair_models(self, pair: str, uses_assistant: bool) -> dict[str, str]:
         models = self.config.pair(pair)
@@ -184,14 +203,9 @@ class Plan:
         )
 
     # --- training ---------------------------------------------------------------------------------
-    def artefact(self, name: str) -> tuple[Artefact, type[Method]]:
-        found = artefacts()
-        if name not in found:
-            raise ConfigError(f"unknown trained artefact {name!r} (known: {', '.join(found)})")
-        return found[name]
-
     def train(self, artefact: str, pair: str, dataset: str) -> Step:
-        spec, trainer = self.artefact(artefact)
+        spec = catalog_artefact(artefact)
+        trainer = method_spec(spec.trained_by)
         if not dataset_spec(dataset).trains:
             raise ConfigError(
                 f"dataset {dataset!r} has no training set; it is evaluated with the "
@@ -202,7 +216,7 @@ class Plan:
         # The common keys with the artefact's own section (train.<artefact>) merged over them; only
         # the keys its training reads, so a change elsewhere reruns nothing of it.
         merged = self.config.train_settings(artefact)
-        keys = merged if trainer.train_keys is None else trainer.train_keys
+        keys = merged if spec.train_keys is None else spec.train_keys
         settings.update({key: merged[key] for key in keys})
         inputs = {"train": prepared(dataset, "train")}
         inputs.update({role: model_manifest(model) for role, model in models.items()})
@@ -229,42 +243,48 @@ class Plan:
         return sources[pair][dataset]
 
     # --- evaluation -------------------------------------------------------------------------------
-    def _max_new_tokens(self, resolved: dict[str, Any], pair: str, dataset: str) -> int:
+    def resolve(self, method: str) -> ResolvedMethod:
+        """A method's evaluation settings, resolved from the config once per plan."""
+        if method not in self._resolved:
+            settings = self.config.eval_settings(method)
+            self._resolved[method] = ResolvedMethod(method, method_spec(settings["kind"]), settings)
+        return self._resolved[method]
+
+    def _max_new_tokens(self, resolved: ResolvedMethod, pair: str, dataset: str) -> int:
         """`max_new_tokens`, unless `max_new_tokens_by_backbone` names the base's backbone and the
         dataset (protocol §8: Qwen3 generates up to 4096 tokens, 1024 on DU and StrategyQA)."""
         backbone = get_spec(self.config.pair(pair)["base"], self.local_paths).backbone
-        by_dataset = resolved.get("max_new_tokens_by_backbone", {}).get(backbone, {})
-        return int(by_dataset.get(dataset, resolved["max_new_tokens"]))
+        by_dataset = resolved.settings.get("max_new_tokens_by_backbone", {}).get(backbone, {})
+        return int(by_dataset.get(dataset, resolved.settings["max_new_tokens"]))
 
     def evaluate(self, pair: str, dataset: str, method: str) -> Step:
-        resolved = self.config.eval_settings(method)
-        resolved["max_new_tokens"] = self._max_new_tokens(resolved, pair, dataset)
-        cls = method_class(resolved["kind"])
-        models = self._pair_models(pair, cls.uses_assistant)
+        resolved = self.resolve(method)
+        spec = resolved.spec
+        models = self._pair_models(pair, spec.uses_assistant)
         settings = {
-            "kind": cls.kind,
+            "kind": spec.kind,
             "pair": models,
             "option_format": self.option_format(dataset),
-            **{key: resolved[key] for key in cls.eval_keys()},
+            **{key: resolved.settings[key] for key in spec.eval_keys},
+            "max_new_tokens": self._max_new_tokens(resolved, pair, dataset),
         }
         inputs = {"test": prepared(dataset, "test")}
         inputs.update({role: model_manifest(model) for role, model in models.items()})
-        if cls.artefact is not None:
-            served_by = self.served_by(dataset, resolved)
-            if resolved.get("artefact_source") == "imported":
-                self.imported_source(cls.artefact.name, pair, served_by)  # a missing entry fails here
-                inputs["artefact"] = imported_artefact(cls.artefact.name, pair, served_by)
+        if spec.artefact is not None:
+            served_by = self.served_by(dataset, resolved.settings)
+            if resolved.settings.get("artefact_source") == "imported":
+                self.imported_source(spec.artefact.name, pair, served_by)  # a missing entry fails here
+                inputs["artefact"] = imported_artefact(spec.artefact.name, pair, served_by)
             else:
-                inputs["artefact"] = cls.artefact.files(pair, served_by)["checkpoint"]
+                inputs["artefact"] = spec.artefact.files(pair, served_by)["checkpoint"]
         directory = prediction_dir(pair, dataset, method)
         outputs = {
             "predictions": [f"{directory}/seed{seed}.jsonl" for seed in settings["seeds"]],
             "metrics": [f"{directory}/seed{seed}.metrics.json" for seed in settings["seeds"]],
         }
-        runtime = {"batch_size": resolved["batch_size"], "shards": self.shards(method)}
-        runtime.update(
-            self._eval_request(pair, dataset, method, self.example_count(dataset, "test", resolved["limit"]))
-        )
+        examples = self.example_count(dataset, "test", resolved.settings["limit"])
+        runtime = {"batch_size": resolved.settings["batch_size"], "shards": resolved.shards}
+        runtime.update(self._eval_request(pair, resolved, examples, settings["max_new_tokens"]))
         return Step(settings, inputs, outputs, runtime=runtime)
 
     @staticmethod
@@ -276,7 +296,7 @@ class Plan:
     # --- sharded evaluation (eval.shards > 1): one job per shard of examples, then a merge ----------
     def shards(self, method: str) -> int:
         """How many jobs an evaluation of `method` is split into (eval.shards)."""
-        return int(self.config.eval_settings(method).get("shards", 1))
+        return self.resolve(method).shards
 
     def sharded_methods(self) -> list[str]:
         return [name for name in self.config.raw["methods"] if self.shards(name) > 1]
@@ -287,14 +307,15 @@ class Plan:
     def evaluate_shard(self, pair: str, dataset: str, method: str, shard: int, shards: int) -> Step:
         """Shard `shard` of `shards`: the whole evaluation's settings and inputs, its own rows file,
         and a request sized for its share of the examples."""
-        if shards != self.shards(method) or not 1 <= shard <= shards:
+        resolved = self.resolve(method)
+        if shards != resolved.shards or not 1 <= shard <= shards:
             raise ConfigError(
-                f"shard {shard} of {shards}: method {method!r} is split into {self.shards(method)} shards"
+                f"shard {shard} of {shards}: method {method!r} is split into {resolved.shards} shards"
             )
         cell = self.evaluate(pair, dataset, method)
         lo, hi = shard_bounds(self.example_count(dataset, "test", cell.settings["limit"]), shard, shards)
         runtime = {"batch_size": cell.runtime["batch_size"], "shard": shard, "shards": shards}
-        runtime.update(self._eval_request(pair, dataset, method, hi - lo))
+        runtime.update(self._eval_request(pair, resolved, hi - lo, cell.settings["max_new_tokens"]))
         outputs = {"rows": shard_file(pair, dataset, method, shard, shards)}
         return Step(cell.settings, cell.inputs, outputs, runtime=runtime)
 
@@ -329,20 +350,21 @@ class Plan:
                 count = min(count, int(data[key]["size"]))
         return count if limit is None else min(count, int(limit))
 
-    def _eval_request(self, pair: str, dataset: str, method: str, examples: int) -> dict[str, int]:
-        resolved = self.config.eval_settings(method)
-        cls = method_class(resolved["kind"])
-        per_seed = [key for key in ("samples", "chains") if key in cls.eval_keys()]
+    def _eval_request(
+        self, pair: str, resolved: ResolvedMethod, examples: int, max_new_tokens: int
+    ) -> dict[str, int]:
+        spec, settings = resolved.spec, resolved.settings
+        per_seed = [key for key in ("samples", "chains") if key in spec.eval_keys]
         return eval_request(
             self.figures,
-            self._sized_models(self._pair_models(pair, cls.uses_assistant)),
-            rows=examples * len(resolved["seeds"]) * rows_per_seed({k: resolved[k] for k in per_seed}),
-            max_new_tokens=self._max_new_tokens(resolved, pair, dataset),
+            self._sized_models(self._pair_models(pair, spec.uses_assistant)),
+            rows=examples * len(settings["seeds"]) * rows_per_seed({k: settings[k] for k in per_seed}),
+            max_new_tokens=max_new_tokens,
             examples=examples,
-            assistant_tokens=int(resolved["assist_hard_tokens"])
-            if "assist_hard_tokens" in cls.eval_keys()
+            assistant_tokens=int(settings["assist_hard_tokens"])
+            if "assist_hard_tokens" in spec.eval_keys
             else 0,
-            batch_size=parse_batch_size(resolved["batch_size"]),
+            batch_size=parse_batch_size(settings["batch_size"]),
             gpus=self.gpus_per_job,
         )
 
@@ -352,9 +374,10 @@ class Plan:
         layout = self.config.table(name)
         rows = []
         for row in layout["rows"]:
-            settings = self.config.eval_settings(row["method"])
+            resolved = self.resolve(row["method"])
+            settings = resolved.settings
             borrowed = {}
-            if method_class(settings["kind"]).artefact is not None:
+            if resolved.spec.artefact is not None:
                 served = {dataset: self.served_by(dataset, settings) for dataset in layout["datasets"]}
                 borrowed = {dataset: by for dataset, by in served.items() if by != dataset}
             rows.append(
@@ -421,7 +444,7 @@ class Plan:
     def probe_train(self, pair: str, dataset: str) -> Step:
         """The probe's own projector: SoftCoT's training with probe.train, on the fit part only."""
         self._probe_dataset(dataset)
-        _, trainer = self.artefact("projector")
+        trainer = method_spec(catalog_artefact("projector").trained_by)
         models = self._pair_models(pair, trainer.uses_assistant)
         settings = {"kind": trainer.kind, "pair": models, "option_format": self.option_format(dataset)}
         settings.update(self.probe_spec()["train"])

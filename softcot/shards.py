@@ -6,12 +6,12 @@ covers (after `eval.limit`), every seed and sample of each, and writes its gener
 partial file beside it). `softcot merge` checks that the shards cover the evaluation exactly,
 with its settings, and writes the per-seed prediction and metrics files through the same code as
 an unsharded evaluation (softcot.records). Every row samples from its own generator seeded from
-(seed, example id, sample), so the prediction files are the same bytes for any shard count.
+(seed, example id, sample), so the prediction files are the same bytes for any shard count. The
+`softcot merge` command line is softcot.commands.merge.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -119,40 +119,3 @@ def merge(
             f"sample {missing[0].sample})"
         )
     write_seed_files(evaluation, done, new_tokens / seconds if seconds else 0.0, predictions, metrics)
-
-
-# --- command line: softcot merge ---------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", required=True, help="model pair name")
-    parser.add_argument("--dataset", required=True, help="the evaluated dataset")
-    parser.add_argument("--method", required=True, help="method name (params.yaml methods)")
-    parser.add_argument(
-        "--settings", help="the evaluation's settings as JSON; default: resolved from --params"
-    )
-    parser.add_argument("--params", default="params.yaml", help="configuration file (default: %(default)s)")
-    parser.add_argument("--test", required=True, help="prepared test file (data/prepared/DATASET/test.jsonl)")
-    parser.add_argument("--shards", nargs="+", required=True, help="every shard's rows file, in shard order")
-    parser.add_argument(
-        "--predictions", nargs="+", required=True, help="one prediction file per seed, in the seeds' order"
-    )
-    parser.add_argument("--metrics", nargs="+", required=True, help="one metrics file per seed, likewise")
-
-
-def run(args: argparse.Namespace) -> int:
-    from softcot.data.schema import read_prepared
-    from softcot.plan import Plan, check_keys, eval_setting_keys, parse_settings
-
-    if args.settings is None:
-        settings = Plan.load(args.params).evaluate(args.pair, args.dataset, args.method).settings
-    else:
-        settings = parse_settings(args.settings)
-    check_keys(settings, eval_setting_keys(str(settings.get("kind"))), "--settings")
-    examples = read_prepared(Path(args.test))
-    if settings.get("limit"):
-        examples = examples[: int(settings["limit"])]
-    evaluation = Evaluation(args.pair, args.dataset, args.method, settings, examples)
-    predictions = [Path(p) for p in args.predictions]
-    merge(evaluation, [Path(p) for p in args.shards], predictions, [Path(p) for p in args.metrics])
-    for path in predictions:
-        print(path)
-    return 0

@@ -6,21 +6,15 @@ the hint a property of the example, shared by every seed), and that text fills t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tqdm import tqdm
 
+from softcot.evaluate import Job
 from softcot.generate import SamplingConfig, generate, left_pad
 from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
-
-if TYPE_CHECKING:
-    from softcot.evaluate import Job
 
 
 class AssistCoT(Method):
     kind = "assist-cot"
-    uses_assistant = True
-    extra_eval_keys = ("assist_hard_tokens",)
 
     def base_prompts(self, job: Job) -> list[list[int]]:
         agp = bool(job.settings["add_generation_prompt"])

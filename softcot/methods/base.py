@@ -1,88 +1,30 @@
 """The interface every method family implements, so the drivers never branch on a method's name.
 
-A method answers three questions: what it needs (the assistant? a trained artefact?), which
-settings can change its outputs (so Snakemake reruns exactly its jobs when one changes), and
-how it builds the base model's inputs for a batch of evaluation rows. A method that trains an
-artefact also says how it trains it.
+What a method needs (the assistant? a trained artefact?) and which settings can change its outputs
+is data, its entry in methods.yaml; its class says how it builds the base model's inputs for a
+batch of evaluation rows (the engine's InputBuilder, softcot.evaluate), and a method that trains an
+artefact says how: a Recipe for the one training loop (softcot.training.loop).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from softcot.prompts import locate_assistant_slots
+from softcot.evaluate import Job, Row
+from softcot.prompts.placeholders import locate_assistant_slots
 from softcot.thoughts import right_pad
-
-if TYPE_CHECKING:
-    from softcot.evaluate import Job, Row
-
-# Evaluation settings every generating method reads: each can change a prediction file.
-GENERATION_KEYS = (
-    "prompt_set",
-    "seeds",
-    "samples",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "penalty_scope",
-    "max_new_tokens",
-    "greedy",
-    "add_generation_prompt",
-    "extractor",
-    "vote",
-    "limit",
-)
-
-
-@dataclass(frozen=True)
-class Artefact:
-    """What a method trains per (pair, dataset): its name and the files it writes.
-
-    By default the files live in results/{name}s/{pair}/{dataset}/: `{name}.safetensors` (the
-    checkpoint) and `{name}.json` (the training record). An artefact may name another directory
-    and file names (fields {name}, {pair}, {dataset}) and further files the training writes
-    beside the checkpoint (`extra`: (key, file name) pairs); resume and logging files go there too.
-    """
-
-    name: str
-    directory: str = "results/{name}s/{pair}/{dataset}"
-    checkpoint: str = "{name}.safetensors"
-    record: str = "{name}.json"
-    extra: tuple[tuple[str, str], ...] = ()
-
-    def files(self, pair: str, dataset: str) -> dict[str, str]:
-        """Every output file by key: `checkpoint`, `record` and the extra keys."""
-        directory = self.directory.format(name=self.name, pair=pair, dataset=dataset)
-        names = {"checkpoint": self.checkpoint, "record": self.record, **dict(self.extra)}
-        return {key: f"{directory}/{name.format(name=self.name)}" for key, name in names.items()}
-
-    def log(self, pair: str, dataset: str) -> str:
-        """The training job's log, mirroring the directory (logs/projectors/{pair}/{dataset}.log)."""
-        directory = self.directory.format(name=self.name, pair=pair, dataset=dataset)
-        return f"logs/{directory.removeprefix('results/')}.log"
+from softcot.training.context import TrainingContext
 
 
 class Method:
-    """A method family. Subclasses set the class attributes and override the hooks they need."""
+    """A method family's computation (its needs and settings are its catalog entry, methods.yaml).
+    Subclasses set `kind` and override the hooks they need."""
 
     kind: ClassVar[str]
-    uses_assistant: ClassVar[bool] = False
-    artefact: ClassVar[Artefact | None] = None
-    # Evaluation settings read beyond GENERATION_KEYS.
-    extra_eval_keys: ClassVar[tuple[str, ...]] = ()
-    # The keys of the train section its artefact's training reads (the artefact's own section,
-    # `train.<artefact>`, merged over the common keys); None: every common key.
-    train_keys: ClassVar[tuple[str, ...] | None] = None
-
-    @classmethod
-    def eval_keys(cls) -> tuple[str, ...]:
-        return GENERATION_KEYS + cls.extra_eval_keys
 
     # --- evaluation ---------------------------------------------------------------------------
     def check_artefact(self, path: Path) -> None:
@@ -110,7 +52,7 @@ class Method:
         return []
 
     # --- training -----------------------------------------------------------------------------
-    def train(self, context: Any) -> dict[str, Any]:
+    def train(self, context: TrainingContext) -> dict[str, Any]:
         """Train the artefact and write its files; return the training record."""
         raise NotImplementedError(f"method {self.kind!r} trains nothing")
 

@@ -26,47 +26,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from softcot.errors import ModelError
+from softcot.evaluate import Job, Row
+from softcot.generate import left_pad
+from softcot.io import atomic_path
 from softcot.methods.base import Method
 from softcot.methods.lora import (
-    LORA_TRAIN_KEYS,
-    RESUME_NAME,
     Batch,
-    Recipe,
-    adapter_artefact,
-    attach_lora,
     cot_sequence,
-    fit,
+    fit_adapter,
     keep_short_enough,
-    load_base,
     merge_adapter,
-    save_adapter,
     training_record,
 )
+from softcot.prompts.placeholders import locate_base_slots
+from softcot.prompts.render import PromptRenderer
+from softcot.prompts.sets import load_prompt_set
+from softcot.thoughts import base_embeddings, splice_thoughts
+from softcot.training.context import TrainingContext
+from softcot.training.loop import LossShare, Step, token_mean
+from softcot.training.losses import IGNORE, supervised_loss_sum
 
-if TYPE_CHECKING:
-    from softcot.evaluate import Job, Row
-    from softcot.train import TrainingContext
-
-COCONUT_TRAIN_KEYS = (
-    *LORA_TRAIN_KEYS,
-    "latent_per_step",
-    "max_latent_stage",
-    "epochs_per_stage",
-    "reset_optimizer",
-)
-MARKERS_FILE = "markers.safetensors"
+MARKERS_FILE = "markers.safetensors"  # the artefact's `markers` file (methods.yaml)
 
 
 class Coconut(Method):
     kind = "coconut"
-    artefact = adapter_artefact("coconut", ("markers", MARKERS_FILE))
-    train_keys = COCONUT_TRAIN_KEYS
 
     def __init__(self) -> None:
         self.markers: Markers | None = None
@@ -94,9 +86,6 @@ class Coconut(Method):
     def prepare(self, job: Job) -> None:
         """Every example's latent thoughts, once per job (they depend on the example alone): the
         prompts up to the begin marker, left-padded in batches, then the latent passes."""
-        from softcot.generate import left_pad
-        from softcot.thoughts import base_embeddings
-
         m, model = self.markers.latents, job.base.model
         device = next(model.parameters()).device
         prefixes = [prompt[: len(prompt) - m - 1] for prompt in self.base_prompts(job)]
@@ -116,9 +105,6 @@ class Coconut(Method):
     def input_embeddings(
         self, job: Job, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor | None:
-        from softcot.prompts import locate_base_slots
-        from softcot.thoughts import base_embeddings, splice_thoughts
-
         m = self.markers.latents
         example_ids = [job.examples[r.example]["id"] for r in rows]
         starts = locate_base_slots(ids, mask, job.base.placeholder_ids, m, example_ids).to(ids.device)
@@ -172,10 +158,6 @@ class Markers(torch.nn.Module):
 
 
 def save_markers(path: Path, markers: Markers) -> None:
-    from safetensors.torch import save_file
-
-    from softcot.io import atomic_path
-
     tensors = {
         "begin": markers.begin.detach().cpu().contiguous(),
         "end": markers.end.detach().cpu().contiguous(),
@@ -185,8 +167,6 @@ def save_markers(path: Path, markers: Markers) -> None:
 
 
 def load_markers(path: Path) -> Markers:
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise ModelError(f"{path}: Coconut's marker embeddings not found (train the adapter first)")
     try:
@@ -290,8 +270,6 @@ def coconut_batch(base: Any, sequences: list[tuple[list[int], list[int]]], m: in
     """(prompt, continuation) pairs as prompt, BOT, m x UNK, EOT, continuation: the prompts with the
     begin marker left-padded so that the first latent position is one column for every row, the
     rest right-padded. Labels: the continuation only."""
-    from softcot.train import IGNORE
-
     marks = base.placeholder_ids
     prefixes = [prompt + [marks.bot] for prompt, _ in sequences]
     suffixes = [[marks.unk] * m + [marks.eot] + rest for _, rest in sequences]
@@ -308,22 +286,8 @@ def coconut_batch(base: Any, sequences: list[tuple[list[int], list[int]]], m: in
     return Batch(ids, mask, labels, start=start, latents=m)
 
 
-def supervised_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over the supervised labels (LM head on those positions only)."""
-    import torch.nn.functional as F
-
-    from softcot.train import IGNORE, output_logits
-
-    targets = labels[:, 1:].to(hidden.device)
-    selected = targets != IGNORE
-    logits = output_logits(model, hidden[:, :-1][selected]).float()
-    return F.cross_entropy(logits, targets[selected], reduction="sum")
-
-
 def batch_embeddings(model: Any, markers: Markers, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(the batch's input embeddings with both markers, its mask), on the model's device."""
-    from softcot.thoughts import base_embeddings
-
     device = next(model.parameters()).device
     embeds = base_embeddings(model, batch.ids.to(device))
     embeds = markers.splice_begin(embeds, batch.start - 1)
@@ -333,10 +297,8 @@ def batch_embeddings(model: Any, markers: Markers, batch: Batch) -> tuple[torch.
 def train_coconut(context: TrainingContext) -> dict[str, Any]:
     """Fit LoRA adapters and the marker embeddings by the Coconut curriculum; write the adapter, the
     markers and return the training record. The base's weights are untouched."""
-    from softcot.prompts import PromptRenderer, load_prompt_set
-
     settings = context.settings
-    base = load_base(context)
+    base = context.load_base()
     prompt_set = load_prompt_set(settings["prompt_set"])
     renderer = PromptRenderer(prompt_set, base, settings["option_format"])
     drop_last = bool(settings["drop_last_train_token"])
@@ -372,10 +334,11 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
     m_of = {stage: stage_layout(stage, 0, settings)[1] for stage in stages}
     markers = Markers.from_model(base, eval_latents(settings)).to(next(base.model.parameters()).device)
 
-    def loss(batch: Batch) -> torch.Tensor:
+    def loss(batch: Batch, step: Step) -> LossShare:
         embeds, mask = batch_embeddings(base.model, markers, batch)
         hidden, _ = coconut_hidden(base.model, embeds, mask, batch.start, batch.latents)
-        return supervised_loss(base.model, hidden, batch.labels)
+        targets = batch.labels[:, 1:].to(hidden.device)
+        return token_mean(supervised_loss_sum(base.model, hidden[:, :-1], targets)[0], step)
 
     def batch(epoch: int, indices: list[int]) -> Batch:
         stage = stage_of(epoch, settings)
@@ -386,18 +349,17 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
             epoch - 1, settings
         )
 
-    peft_model = attach_lora(base.model, settings)
-    try:
-        parameters = {n: p for n, p in base.model.named_parameters() if p.requires_grad}
-        parameters.update({f"markers.{n}": p for n, p in markers.named_parameters()})
-        recipe = Recipe(base.model, parameters, len(examples), batch, loss, new_stage)
-        record.update(fit(recipe, settings, context.checkpoint.parent, fingerprint=dict(record)))
-        record["trainable_parameters"] = sum(p.numel() for p in parameters.values())
-        save_adapter(peft_model, context.checkpoint, base.spec.name)
-        save_markers(context.checkpoint.parent / MARKERS_FILE, markers)
-    finally:
-        peft_model.unload()  # the base's own modules back in place (their weights never changed)
-    (context.checkpoint.parent / RESUME_NAME).unlink(missing_ok=True)
+    fit_adapter(
+        context,
+        base,
+        record,
+        len(examples),
+        batch,
+        loss,
+        extra={f"markers.{n}": p for n, p in markers.named_parameters()},
+        reset_optimizer=new_stage,
+        save_extra=lambda: save_markers(context.checkpoint.parent / MARKERS_FILE, markers),
+    )
     print(
         f"softcot train: wrote {context.checkpoint}; loss {record['first_step_loss']:.4f} -> "
         f"{record['last_step_loss']:.4f} over {record['steps']} steps (stages {record['stages']})"

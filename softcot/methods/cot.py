@@ -6,12 +6,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from softcot.evaluate import Job
 from softcot.methods.base import Method
-
-if TYPE_CHECKING:
-    from softcot.evaluate import Job
 
 
 class ZeroShotCoT(Method):
@@ -24,7 +20,6 @@ class ZeroShotCoT(Method):
 
 class ZeroShotCoTUnk(Method):
     kind = "cot-unk"
-    extra_eval_keys = ("num_thought_tokens",)
 
     def base_prompts(self, job: Job) -> list[list[int]]:
         agp = bool(job.settings["add_generation_prompt"])

@@ -1,39 +1,56 @@
 """SoftCoT (protocol §1, §7): the assistant's states at N placeholders, projected into the base
 model's embedding space and spliced over the N placeholders of the base prompt's hint.
 
-Evaluation computes each example's thoughts once (they do not depend on the seed); training fits
-the projection with both models frozen (softcot.train holds the loop and its speed-ups).
+Evaluation computes each example's thoughts once (they do not depend on the seed). Training fits
+the projection alone, both models frozen (next-token loss on rationale and answer), with three
+savings that leave the loss unchanged: the assistant's states are computed once and cached
+(softcot.training.pair_data), the LM head runs on supervised positions only, and the prompt before
+the thoughts runs without autograd (softcot.training.losses).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import transformers
 from tqdm import tqdm
 
 from softcot.errors import ModelError
-from softcot.methods.base import Artefact, Method, assistant_inputs, longest_assistant_prompt
-from softcot.prompts import locate_base_slots
+from softcot.evaluate import Job, Row
+from softcot.io import sha256_file
+from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
+from softcot.prompts.placeholders import locate_base_slots
+from softcot.prompts.render import PromptRenderer
+from softcot.prompts.sets import load_prompt_set
 from softcot.thoughts import (
+    MASTER_DTYPES,
+    Projector,
     assistant_states,
     base_embeddings,
     check_projector_file,
     load_projector,
+    right_pad,
+    save_projector,
     splice_thoughts,
 )
-
-if TYPE_CHECKING:
-    from softcot.evaluate import Job, Row
-    from softcot.train import TrainingContext
+from softcot.training.context import TrainingContext
+from softcot.training.loop import LossShare, Recipe, Step, fit, token_mean
+from softcot.training.losses import IGNORE, lm_loss_sum
+from softcot.training.pair_data import (
+    TrainingData,
+    compute_states,
+    encode_training_data,
+    load_or_compute_states,
+    state_cache_metadata,
+)
 
 
 class SoftCoT(Method):
     kind = "softcot"
-    uses_assistant = True
-    artefact = Artefact("projector")
-    extra_eval_keys = ("num_thought_tokens",)
 
     def __init__(self) -> None:
         self.states: torch.Tensor | None = None  # [examples, N, H_assistant]
@@ -85,9 +102,148 @@ class SoftCoT(Method):
 
     # --- training -----------------------------------------------------------------------------
     def train(self, context: TrainingContext) -> dict[str, Any]:
-        from softcot.train import train_softcot_projector
+        """Encode the training split for both models, get the assistant states (cached), fit the
+        projection (AdamW, protocol §7) and return the training record."""
+        settings = context.settings
+        n = settings["num_thought_tokens"]
+        data_sha256 = sha256_file(context.train_file)
+        models = settings["pair"]
+        assistant, base = context.load_pair()
+        data, prompt_set = encode_pair_data(context, assistant, base)
+        metadata = state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256)
+        states_path = (
+            context.states_dir
+            / models["assistant"]
+            / prompt_set.name
+            / context.dataset
+            / f"train-n{n}.safetensors"
+        )
+        states = load_or_compute_states(
+            states_path,
+            metadata,
+            lambda: compute_states(
+                assistant,
+                data,
+                range(len(data)),
+                n,
+                settings["batch_size"],
+                f"assistant states {states_path}",
+            ),
+        )
+        record = {
+            "pair": context.pair,
+            "assistant": models["assistant"],
+            "base": models["base"],
+            "dataset": context.dataset,
+            "num_thought_tokens": n,
+            "examples": len(data),
+            "skipped_overlong": len(data.skipped),
+            "skipped_overlong_ids": list(data.skipped),
+            "data_sha256": data_sha256,
+            "prompt_set": prompt_set.name,
+            "prompt_set_sha256": prompt_set.sha256,
+            "option_format": settings["option_format"],
+            "settings": settings,
+            "assistant_state_cache": metadata,
+            "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
+        }
+        device = next(base.model.parameters()).device
+        projector = Projector.seeded(
+            states.shape[-1],
+            base.model.get_input_embeddings().embedding_dim,
+            settings["seed"],
+            MASTER_DTYPES[settings["projection_master_dtype"]],
+        ).to(device)
 
-        return train_softcot_projector(context)
+        def loss(batch: ThoughtBatch, step: Step) -> LossShare:
+            thoughts = batch_thoughts(assistant, data, batch.indices, n, states)
+            return token_mean(batch_loss(base, projector, batch, thoughts)[0], step)
+
+        recipe = Recipe(
+            dict(projector.named_parameters()),
+            len(data),
+            lambda epoch, indices: make_batch(base, data, indices, n),
+            loss,
+        )
+        losses, _ = fit(
+            recipe,
+            settings,
+            context.checkpoint.parent,
+            fingerprint=record,
+            save=lambda: save_projector(context.checkpoint, projector),
+        )
+        record.update(losses, assistant_dim=projector.in_features, base_dim=projector.out_features)
+        print(
+            f"softcot train: wrote {context.checkpoint}; loss {record['first_step_loss']:.4f} -> "
+            f"{record['last_step_loss']:.4f} over {record['steps']} steps"
+        )
+        return record
 
 
-METHODS = (SoftCoT,)
+# --- training batches and loss (shared with SoftCoT++) -----------------------------------------------
+def encode_pair_data(context: TrainingContext, assistant: Any, base: Any) -> tuple[TrainingData, Any]:
+    """The context's training examples encoded for both models of the pair (N thought tokens), and
+    the prompt set they were rendered with."""
+    settings = context.settings
+    prompt_set = load_prompt_set(settings["prompt_set"])
+    data = encode_training_data(
+        context.read_examples(),
+        PromptRenderer(prompt_set, base, settings["option_format"]),
+        PromptRenderer(prompt_set, assistant, settings["option_format"]),
+        settings["num_thought_tokens"],
+        settings["drop_last_train_token"],
+        settings["max_length"],
+        str(context.train_file),
+        settings["overlong"],
+    )
+    return data, prompt_set
+
+
+@dataclass
+class ThoughtBatch:
+    """Right-padded base sequences of some examples, their labels and base slot starts."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    starts: torch.Tensor
+    indices: list[int]
+
+
+def make_batch(base: Any, data: TrainingData, indices: Sequence[int], n: int) -> ThoughtBatch:
+    sequences = [data.base[i] for i in indices]
+    ids, mask = right_pad([s.ids for s in sequences], base.pad_id)
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    for row, sequence in enumerate(sequences):
+        labels[row, : sequence.supervised_from] = IGNORE
+    starts = locate_base_slots(ids, mask, base.placeholder_ids, n, [data.example_ids[i] for i in indices])
+    return ThoughtBatch(ids, mask, labels, starts, list(indices))
+
+
+def batch_thoughts(
+    assistant: Any, data: TrainingData, indices: Sequence[int], n: int, cached: torch.Tensor | None
+) -> torch.Tensor:
+    """The assistant slot states of these examples: from the cache, or by a forward pass now."""
+    if cached is not None:
+        return cached[list(indices)]
+    return compute_states(assistant, data, indices, n, len(indices))
+
+
+def batch_loss(
+    base: Any,
+    projector: Projector,
+    batch: ThoughtBatch,
+    thoughts: torch.Tensor,
+    supervised_only: bool = True,
+    prompt_without_grad: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Project the thoughts, splice them into the base embeddings and score the targets.
+
+    The two switches exist for the equivalence tests and benchmarks/train_step.py; training
+    always uses both.
+    """
+    device = next(base.model.parameters()).device
+    embeds = base_embeddings(base.model, batch.ids.to(device))
+    embeds = splice_thoughts(embeds, batch.starts.to(device), projector(thoughts.to(device)))
+    frozen = int(batch.starts.min()) if prompt_without_grad else 0
+    return lm_loss_sum(base.model, embeds, batch.mask, batch.labels, supervised_only, frozen)

@@ -21,8 +21,7 @@ the contrastive term is computed per example, so any batch size trains; the [INI
 receive gradients (`train_ini: true`; `false` keeps them at their initial rows, as the
 reference's `no_grad` + `detach` did); the LM loss over the K chains is summed (`sum`, the
 reference) or averaged (`mean`), never scaled by the model's size. The K chains of a batch run
-as one forward: the prompt before the slot is the same for every chain, so it runs once per
-example without autograd and its keys and values are repeated K times.
+as one forward (softcot.chains); the loop is softcot.training.loop's.
 
 What is cached: with `train_ini: false` the assistant's chain states are fixed, so they are
 computed once and cached on disk like SoftCoT's (results/states/.../train-n{N}-ini{row}x{K});
@@ -36,202 +35,27 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from torch import nn
+import transformers
 from tqdm import tqdm
 
+from softcot.chains import ScaledProjector, chain_hidden, chain_states, load_scaled_projector
 from softcot.errors import ConfigError, ModelError
-from softcot.methods.base import Artefact, Method, assistant_inputs, longest_assistant_prompt
-from softcot.methods.softcot import SoftCoT
-from softcot.prompts import locate_base_slots
-from softcot.thoughts import (
-    FLOAT_DTYPES,
-    MASTER_DTYPES,
-    Projector,
-    base_embeddings,
-    right_pad,
-    save_projector,
-    splice_thoughts,
-)
-
-if TYPE_CHECKING:
-    from softcot.evaluate import Job, Row
-    from softcot.train import TrainingContext, TrainingData
+from softcot.evaluate import Job, Row
+from softcot.io import sha256_file
+from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
+from softcot.methods.softcot import SoftCoT, ThoughtBatch, encode_pair_data, make_batch
+from softcot.prompts.placeholders import locate_assistant_slots, locate_base_slots
+from softcot.thoughts import MASTER_DTYPES, base_embeddings, right_pad, save_projector, splice_thoughts
+from softcot.training.context import TrainingContext
+from softcot.training.loop import LossShare, Recipe, Step, fit
+from softcot.training.losses import check_frozen, supervised_loss_sum
+from softcot.training.pair_data import TrainingData, load_or_compute_states, state_cache_metadata
 
 CHAIN_LOSS_REDUCTIONS = ("sum", "mean")
-# The train section's common keys SoftCoT++ reads, and the keys of its artefacts' own sections.
-COMMON_TRAIN_KEYS = (
-    "prompt_set",
-    "num_thought_tokens",
-    "lr",
-    "batch_size",
-    "grad_accum",
-    "epochs",
-    "max_grad_norm",
-    "seed",
-    "projection_master_dtype",
-    "drop_last_train_token",
-    "limit",
-    "max_length",
-    "overlong",
-)
-SCALING_TRAIN_KEYS = ("num_scaling_times", "train_ini", "chain_loss_reduction", "ini_rows")
-CHECKPOINT_KEYS = ("bias", "embedding", "weight")
-
-
-# --- the trainable tensors -----------------------------------------------------------------------
-class ScaledProjector(Projector):
-    """The projection Linear(H_a, H_b) plus K [INI] embeddings [K, H_a] (`embedding`, protocol §12).
-
-    It projects like SoftCoT's Projector; `embedding` row i is what all N assistant slot
-    embeddings of chain i are replaced with.
-    """
-
-    def __init__(self, assistant_dim: int, base_dim: int, chains: int, dtype: torch.dtype = torch.float32):
-        super().__init__(assistant_dim, base_dim, dtype=dtype)
-        self.embedding = nn.Parameter(torch.zeros(chains, assistant_dim, dtype=dtype))
-
-    @property
-    def chains(self) -> int:
-        return self.embedding.shape[0]
-
-    @classmethod
-    def initialised(
-        cls, ini_rows: torch.Tensor, base_dim: int, seed: int, dtype: torch.dtype
-    ) -> ScaledProjector:
-        """The projection drawn from `seed` exactly as SoftCoT's (Projector.seeded), the [INI]
-        embeddings copied from `ini_rows` [K, H_a]."""
-        chains, assistant_dim = ini_rows.shape
-        linear = Projector.seeded(assistant_dim, base_dim, seed, dtype)
-        module = cls(assistant_dim, base_dim, chains, dtype)
-        with torch.no_grad():
-            module.weight.copy_(linear.weight)
-            module.bias.copy_(linear.bias)
-            module.embedding.copy_(ini_rows.to(dtype))
-        return module
-
-
-def check_scaled_file(
-    path: str | Path, assistant_dim: int | None = None, base_dim: int | None = None
-) -> tuple[int, int, int]:
-    """(H_a, H_b, K) of a SoftCoT++ checkpoint, from its header alone; anything else is a
-    ModelError naming the file (a SoftCoT projector says so)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: SoftCoT++ checkpoint not found (train it first: softcot train)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-            shapes = {name: s.get_shape() for name, s in slices.items()}
-            dtypes = {name: s.get_dtype() for name, s in slices.items()}
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(
-            f"{path}: not a readable SoftCoT++ checkpoint ({exc}); delete it and train again"
-        ) from exc
-    if set(shapes) == {"weight", "bias"}:
-        raise ModelError(
-            f"{path}: a SoftCoT projector (no [INI] embeddings); SoftCoT++ needs its own checkpoint "
-            "(artefact ini-projector or nce-projector), the two are not interchangeable"
-        )
-    if sorted(shapes) != list(CHECKPOINT_KEYS):
-        raise ModelError(
-            f"{path}: expected exactly the tensors {list(CHECKPOINT_KEYS)}, found {sorted(shapes)}"
-        )
-    if any(dtype not in FLOAT_DTYPES for dtype in dtypes.values()):
-        raise ModelError(f"{path}: expected floating-point tensors, found {dtypes}")
-    weight, bias, embedding = shapes["weight"], shapes["bias"], shapes["embedding"]
-    if len(weight) != 2 or bias != [weight[0]] or len(embedding) != 2 or embedding[1] != weight[1]:
-        raise ModelError(
-            f"{path}: weight {weight}, bias {bias} and embedding {embedding} do not fit together"
-        )
-    expected = [base_dim or weight[0], assistant_dim or weight[1]]
-    if weight != expected:
-        raise ModelError(
-            f"{path}: weight {weight} does not map the assistant's hidden size {expected[1]} to the "
-            f"base's {expected[0]}; it was trained for another pair"
-        )
-    return weight[1], weight[0], embedding[0]
-
-
-def load_scaled_projector(path: str | Path, device: torch.device | str | None = None) -> ScaledProjector:
-    path = Path(path)
-    assistant_dim, base_dim, chains = check_scaled_file(path)
-    tensors = load_file(str(path))
-    module = ScaledProjector(assistant_dim, base_dim, chains, dtype=tensors["weight"].dtype)
-    module.load_state_dict(tensors)
-    return module.to(device) if device is not None else module
-
-
-# --- K chains in one forward ---------------------------------------------------------------------
-def _gather_slots(hidden: torch.Tensor, starts: torch.Tensor, n: int) -> torch.Tensor:
-    """hidden [R, L, H] at positions starts[r] .. starts[r] + n - 1 -> [R, n, H]."""
-    positions = starts.to(hidden.device).unsqueeze(1) + torch.arange(n, device=hidden.device)
-    return hidden.gather(1, positions.unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
-
-
-def chain_hidden(
-    model: Any,
-    embeds: torch.Tensor,
-    mask: torch.Tensor,
-    starts: torch.Tensor,
-    inserts: torch.Tensor,
-    share_prefix: bool = True,
-) -> tuple[torch.Tensor, int]:
-    """Last-layer states of K variants of each row of `embeds` [B, L, H] (right padded): variant k
-    of row b has inserts[b, k] [n, H] written at starts[b] .. starts[b] + n - 1. Returns the
-    states [B*K, L - f, H] of positions f .. L-1 (row b*K + k is variant k of row b) and f.
-
-    With `share_prefix`, f = min(starts): positions 0 .. f-1 are the same in every variant, so
-    they run once per row, without autograd, and their keys and values are repeated K times.
-    Without it (f = 0) every variant runs whole, which gives the same states.
-    """
-    batch, chains, n, _ = inserts.shape
-    device = embeds.device
-    mask = mask.to(device)
-    frozen = int(starts.min()) if share_prefix else 0
-    chain_mask = mask.repeat_interleave(chains, 0)
-    suffix = embeds[:, frozen:].repeat_interleave(chains, 0)
-    chain_starts = (starts.to(device) - frozen).repeat_interleave(chains)
-    suffix = splice_thoughts(suffix, chain_starts, inserts.reshape(batch * chains, n, -1))
-    if frozen == 0:
-        return model.base_model(
-            inputs_embeds=suffix, attention_mask=chain_mask, use_cache=False
-        ).last_hidden_state, 0
-    with torch.no_grad():
-        prefix = model.base_model(
-            inputs_embeds=embeds[:, :frozen], attention_mask=mask[:, :frozen], use_cache=True
-        )
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(chains)
-    hidden = model.base_model(
-        inputs_embeds=suffix, attention_mask=chain_mask, past_key_values=cache, use_cache=True
-    ).last_hidden_state
-    return hidden, frozen
-
-
-def chain_states(
-    model: Any,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    starts: torch.Tensor,
-    n: int,
-    ini: torch.Tensor,
-    share_prefix: bool = True,
-) -> torch.Tensor:
-    """The assistant's last-layer states at its N slot positions for each of the K chains: chain k
-    has all N slot input embeddings replaced by ini[k] [H_a]. ids/mask [B, L] -> [B, K, N, H_a].
-    Gradients reach `ini` when autograd is on (the assistant's weights stay frozen)."""
-    embeds = model.get_input_embeddings()(ids)
-    batch, chains = ids.shape[0], ini.shape[0]
-    inserts = ini.to(embeds.device, embeds.dtype)[None, :, None, :].expand(batch, chains, n, embeds.shape[-1])
-    hidden, frozen = chain_hidden(model, embeds, mask, starts, inserts, share_prefix)
-    states = _gather_slots(hidden, (starts.to(hidden.device) - frozen).repeat_interleave(chains), n)
-    return states.view(batch, chains, n, -1)
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -246,20 +70,12 @@ def chain_lm_loss_sum(
     """(summed next-token cross-entropy over the supervised labels of every chain, their count).
 
     embeds/mask/labels [B, L] are one base sequence per example; thoughts [B, K, N, H_b] are
-    spliced at starts. The LM head runs on supervised positions only (as softcot.train does).
+    spliced at starts. The LM head runs on supervised positions only (softcot.training.losses).
     """
-    from softcot.train import IGNORE, output_logits
-
     hidden, frozen = chain_hidden(model, embeds, mask, starts, thoughts)
     labels = labels.to(embeds.device).repeat_interleave(thoughts.shape[1], 0)
-    if bool((labels[:, : frozen + 1] != IGNORE).any()):
-        raise ValueError(
-            f"supervised labels inside the first {frozen + 1} positions, which run without autograd"
-        )
-    targets = labels[:, frozen + 1 :]
-    selected = targets != IGNORE
-    logits = output_logits(model, hidden[:, :-1][selected]).float()
-    return F.cross_entropy(logits, targets[selected], reduction="sum"), int(selected.sum())
+    check_frozen(labels, frozen)
+    return supervised_loss_sum(model, hidden[:, :-1], labels[:, frozen + 1 :])
 
 
 def contrastive_losses(
@@ -283,13 +99,6 @@ def contrastive_losses(
         .view(batch, chains)
         .mean(1)
     )
-
-
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """The dropout masks of one optimizer step: a function of (seed, step) alone, so a resumed run
-    draws what an uninterrupted one does."""
-    digest = hashlib.sha256(f"contrastive\x1f{seed}\x1f{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -320,8 +129,6 @@ def compute_chain_states(
     assistant: Any, data: TrainingData, ini: torch.Tensor, n: int, batch_size: int, progress: str | None
 ) -> torch.Tensor:
     """Fixed [INI] (train_ini: false): every example's chain states [E, K, N, H_a] on the CPU."""
-    from softcot.prompts import locate_assistant_slots
-
     order = sorted(range(len(data)), key=lambda i: len(data.assistant_ids[i]))
     device = next(assistant.model.parameters()).device
     chunks = []
@@ -343,8 +150,6 @@ def compute_chain_states(
 
 
 def _assistant_batch(assistant: Any, data: TrainingData, indices: Sequence[int], n: int):
-    from softcot.prompts import locate_assistant_slots
-
     ids, mask = right_pad([data.assistant_ids[i] for i in indices], assistant.pad_id)
     starts = locate_assistant_slots(
         ids, mask, assistant.placeholder_ids, n, [data.example_ids[i] for i in indices]
@@ -357,20 +162,19 @@ def step_loss(
     assistant: Any,
     module: ScaledProjector,
     data: TrainingData,
-    batch: Any,
+    batch: ThoughtBatch,
     settings: dict[str, Any],
     contrastive: bool,
     cached: torch.Tensor | None,
-    tokens: int,
-    examples: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, float, float]:
+    step: Step,
+) -> LossShare:
     """One micro-batch's share of an optimizer step's loss, and its LM and contrastive parts.
 
     LM: the cross-entropy summed over every supervised token of every chain, divided by the step's
     supervised tokens (one chain's count): the sum over chains of each chain's mean loss
     (`chain_loss_reduction: sum`, the reference), or their mean (`mean`). Contrastive: sum over
-    examples of each example's term, divided by K x the step's examples (protocol §12).
+    examples of each example's term, divided by K x the step's examples (protocol §12); its dropout
+    masks come from the step's own generator.
     """
     n, chains = settings["num_thought_tokens"], module.chains
     device = next(base.model.parameters()).device
@@ -385,14 +189,18 @@ def step_loss(
     thoughts = module(states.to(device))  # [B, K, N, H_b] in the master dtype
     embeds = base_embeddings(base.model, batch.ids.to(device))
     lm_sum, _ = chain_lm_loss_sum(base.model, embeds, batch.mask, batch.labels, batch.starts, thoughts)
-    lm = lm_sum / (tokens * (chains if settings["chain_loss_reduction"] == "mean" else 1))
+    lm = lm_sum / (step.tokens * (chains if settings["chain_loss_reduction"] == "mean" else 1))
     if not contrastive:
-        return lm, lm.item(), 0.0
+        return LossShare(lm, lm.item(), {"lm": lm.item(), "contrastive": 0.0})
     terms = contrastive_losses(
-        thoughts, settings["contrastive_temperature"], settings["contrastive_dropout"], generator
+        thoughts,
+        settings["contrastive_temperature"],
+        settings["contrastive_dropout"],
+        step.generator("contrastive"),
     )
-    cl = terms.sum() / (chains * examples)
-    return lm + cl, lm.item(), cl.item()
+    cl = terms.sum() / (chains * step.examples)
+    total = lm + cl
+    return LossShare(total, total.item(), {"lm": lm.item(), "contrastive": cl.item()})
 
 
 def _check_settings(settings: dict[str, Any], contrastive: bool) -> None:
@@ -407,30 +215,13 @@ def _check_settings(settings: dict[str, Any], contrastive: bool) -> None:
 def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[str, Any]:
     """Fit the projection and (train_ini) the [INI] embeddings on one dataset's training split,
     both models frozen; write the checkpoint and return the training record."""
-    from dvclive import Live
-
-    import softcot.train as train
-    from softcot.io import sha256_file
-    from softcot.prompts import PromptRenderer, load_prompt_set
-
     settings = context.settings
     _check_settings(settings, contrastive)
     n, chains = settings["num_thought_tokens"], int(settings["num_scaling_times"])
-    examples = context.read_examples()
     data_sha256 = sha256_file(context.train_file)
     models = settings["pair"]
     assistant, base = context.load_pair()
-    prompt_set = load_prompt_set(settings["prompt_set"])
-    data = train.encode_training_data(
-        examples,
-        PromptRenderer(prompt_set, base, settings["option_format"]),
-        PromptRenderer(prompt_set, assistant, settings["option_format"]),
-        n,
-        settings["drop_last_train_token"],
-        settings["max_length"],
-        str(context.train_file),
-        settings["overlong"],
-    )
+    data, prompt_set = encode_pair_data(context, assistant, base)
     first_row, rows = ini_rows(assistant, settings)
     device = next(base.model.parameters()).device
     base_dim = base.model.get_input_embeddings().embedding_dim
@@ -443,14 +234,14 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
     cached = None
     if not settings["train_ini"]:
         cache_metadata = dict(
-            train.state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256),
+            state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256),
             ini_first_row=str(first_row),
             chains=str(chains),
             ini_dtype=settings["projection_master_dtype"],
         )
         path = context.states_dir / models["assistant"] / prompt_set.name / context.dataset
         path = path / f"train-n{n}-ini{first_row}x{chains}.safetensors"
-        cached = train.load_or_compute_states(
+        cached = load_or_compute_states(
             path,
             cache_metadata,
             lambda: compute_chain_states(
@@ -477,79 +268,30 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
         "option_format": settings["option_format"],
         "settings": settings,
         "assistant_state_cache": cache_metadata,
-        "versions": {"torch": str(torch.__version__), "transformers": __import__("transformers").__version__},
+        "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
     }
 
-    steps_per_epoch = math.ceil(len(data) / (settings["batch_size"] * settings["grad_accum"]))
-    total_steps = settings["epochs"] * steps_per_epoch
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total_steps))
-    state = train.TrainingState(
-        module, optimizer, scheduler, torch.Generator().manual_seed(settings["seed"]), [], []
-    )
-    out_dir = context.checkpoint.parent
-    resume_path = out_dir / train.RESUME_NAME
-    state.restore(resume_path, record)
+    def loss(batch: ThoughtBatch, step: Step) -> LossShare:
+        return step_loss(base, assistant, module, data, batch, settings, contrastive, cached, step)
 
-    live = Live(dir=str(out_dir / "dvclive"), dvcyaml=False, save_dvc_exp=False)
-    for loss in state.step_losses:
-        live.log_metric("train/loss", loss)
-        live.next_step()
-    progress = tqdm(total=total_steps, initial=len(state.step_losses), desc=f"train {out_dir}", unit="step")
-    parts: list[tuple[float, float]] = []
-    for _ in range(state.epochs_done, settings["epochs"]):
-        order = torch.randperm(len(data), generator=state.generator).tolist()
-        epoch_start = len(state.step_losses)
-        for micro_batches in _steps(order, settings["batch_size"], settings["grad_accum"]):
-            batches = [train.make_batch(base, data, indices, n) for indices in micro_batches]
-            tokens = sum(int((b.labels[:, 1:] != train.IGNORE).sum()) for b in batches)
-            count = sum(len(b.indices) for b in batches)
-            generator = _step_generator(settings["seed"], len(state.step_losses))
-            total = lm_part = cl_part = 0.0
-            for batch in batches:
-                loss, lm, cl = step_loss(
-                    base,
-                    assistant,
-                    module,
-                    data,
-                    batch,
-                    settings,
-                    contrastive,
-                    cached,
-                    tokens,
-                    count,
-                    generator,
-                )
-                loss.backward()
-                total, lm_part, cl_part = total + loss.item(), lm_part + lm, cl_part + cl
-            _optimizer_step(module, state.optimizer, state.scheduler, settings["max_grad_norm"])
-            state.step_losses.append(total)
-            parts.append((lm_part, cl_part))
-            live.log_metric("train/loss", total)
-            live.next_step()
-            progress.update()
-            progress.set_postfix(loss=f"{total:.4f}")
-        epoch = state.step_losses[epoch_start:]
-        state.epoch_losses.append(sum(epoch) / len(epoch))
-        state.epochs_done += 1
-        state.save(resume_path, record)
-    progress.close()
-    live.end()
-
-    save_projector(context.checkpoint, module)
-    resume_path.unlink(missing_ok=True)
+    recipe = Recipe(
+        {name: p for name, p in module.named_parameters() if p.requires_grad},
+        len(data),
+        lambda epoch, indices: make_batch(base, data, indices, n),
+        loss,
+    )
+    losses, parts = fit(
+        recipe,
+        settings,
+        context.checkpoint.parent,
+        fingerprint=record,
+        save=lambda: save_projector(context.checkpoint, module),
+    )
     record.update(
-        steps=len(state.step_losses),
-        first_step_loss=state.step_losses[0],
-        last_step_loss=state.step_losses[-1],
-        epoch_losses=state.epoch_losses,
-        final_loss=state.epoch_losses[-1],
+        losses,
         # This run's steps only (a resumed run has not seen the earlier ones' parts).
-        step_lm_losses=[lm for lm, _ in parts],
-        step_contrastive_losses=[cl for _, cl in parts],
+        step_lm_losses=parts.get("lm", []),
+        step_contrastive_losses=parts.get("contrastive", []),
         ini_max_abs_change=float((module.embedding.detach() - initial_ini).abs().max()),
         assistant_dim=module.in_features,
         base_dim=module.out_features,
@@ -560,20 +302,6 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
         file=sys.stderr,
     )
     return record
-
-
-def _steps(order: list[int], batch_size: int, grad_accum: int) -> list[list[list[int]]]:
-    """An epoch's optimizer steps, each a list of micro-batches of example indices."""
-    micro = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
-
-
-def _optimizer_step(module: nn.Module, optimizer, scheduler, max_grad_norm: float | None) -> None:
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 # --- the methods ---------------------------------------------------------------------------------
@@ -594,11 +322,6 @@ class SoftCoTPP(Method):
     """SoftCoT++ trained with the contrastive term (the reference's `scaling-nce`)."""
 
     kind = "softcot-pp"
-    uses_assistant = True
-    artefact = Artefact("nce-projector")
-    extra_eval_keys = ("num_thought_tokens", "chains")
-    # The common train keys it reads, then its own (its section: train.nce-projector).
-    train_keys = (*COMMON_TRAIN_KEYS, *SCALING_TRAIN_KEYS, "contrastive_temperature", "contrastive_dropout")
     contrastive = True
 
     def __init__(self) -> None:
@@ -664,8 +387,6 @@ class SoftCoTPPScaling(SoftCoTPP):
     """SoftCoT++ without the contrastive term (the reference's `scaling`)."""
 
     kind = "softcot-pp-scaling"
-    artefact = Artefact("ini-projector")
-    train_keys = (*COMMON_TRAIN_KEYS, *SCALING_TRAIN_KEYS)  # its section: train.ini-projector
     contrastive = False
 
 
@@ -695,7 +416,6 @@ class SoftCoTP(SoftCoT):
     With perturbation 0 it is SoftCoT with chains x samples samples."""
 
     kind = "softcot-p"
-    extra_eval_keys = ("num_thought_tokens", "chains", "perturbation")
 
     @torch.no_grad()
     def input_embeddings(

@@ -17,8 +17,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 from tqdm import tqdm
 
 from softcot.errors import ChecksumError, ModelError
@@ -118,12 +116,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def snapshot_download(**kwargs: Any) -> str:
+    """huggingface_hub's snapshot_download, imported when a model is downloaded: planning, which
+    imports this package for the registry, does not pay for the Hub client (about 0.5 s)."""
+    from huggingface_hub import snapshot_download as download
+
+    return download(**kwargs)
+
+
 def fetch_hub_snapshot(model: str, source: HubSource, dest: Path) -> list[str]:
     """Download the pinned files into the HF cache (resumable, shared) and place them in `dest`.
 
     Authentication comes from the environment (HF_TOKEN) or `hf auth login`, never from code.
     Returns the relative paths placed.
     """
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
     where = f"{source.repo_id}@{source.revision}"
     try:
         snapshot = Path(

@@ -81,7 +81,7 @@ def _target_nll(model: Any, hidden: Any, ids: Any, target: int) -> Any:
     states of the sequence's last Lc positions (token t is predicted from the state before it)."""
     import torch.nn.functional as F
 
-    from softcot.train import output_logits
+    from softcot.training.losses import output_logits
 
     logits = output_logits(model, hidden[:, -target - 1 : -1]).float()
     labels = ids[:, -target:].expand(hidden.shape[0], -1)
@@ -170,7 +170,7 @@ def score(
 
     from softcot.prompts import PromptRenderer, load_prompt_set, locate_base_slots
     from softcot.thoughts import MASTER_DTYPES, Projector, right_pad
-    from softcot.train import (
+    from softcot.training.pair_data import (
         compute_states,
         encode_training_data,
         load_or_compute_states,
@@ -215,7 +215,7 @@ def score(
     if inputs.states_dir is None or inputs.train_sha256 is None:
         train_states = compute()
     else:
-        # The layout and metadata softcot.train.train_softcot_projector uses for the same states.
+        # The layout and metadata SoftCoT's training (softcot.methods.softcot) uses for the same states.
         path = (
             inputs.states_dir
             / assistant.spec.name
@@ -225,7 +225,7 @@ def score(
         )
         metadata = state_cache_metadata(assistant, prompt_set.name, training, n, inputs.train_sha256)
         train_states = load_or_compute_states(path, metadata, compute)
-    # The trained projector's seeded initial weights (softcot.train.new_training_state draws them).
+    # The trained projector's seeded initial weights (SoftCoT's training draws them the same way).
     untrained = Projector.seeded(
         trained.in_features,
         trained.out_features,

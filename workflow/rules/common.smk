@@ -6,8 +6,8 @@ import re
 from snakemake.logging import logger
 
 from softcot.data.datasets import dataset_names
-from softcot.methods import artefacts
-from softcot.models import get_spec
+from softcot.methods.catalog import artefacts
+from softcot.models.registry import get_spec
 from softcot.models.manifest import MANIFEST_NAME, invalidate_incomplete
 from softcot.plan import (
     Plan,

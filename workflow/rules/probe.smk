@@ -1,4 +1,4 @@
-# The thought probe (softcot/probe.py): the base model's teacher-forced NLL of the gold target on
+# The thought probe (softcot/probe/): the base model's teacher-forced NLL of the gold target on
 # held-out examples under six conditions, with its own projector. `snakemake reports/thought_probe.md`
 # scores the test split; reports/thought_probe_validation.md scores the validation slice of the
 # train split, where the probe's training settings are chosen. The main tables' jobs are untouched.

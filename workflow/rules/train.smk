@@ -7,7 +7,7 @@
 # a declared output: any change there is recomputed by the job).
 
 
-for _artefact, _ in artefacts().values():
+for _artefact in artefacts().values():
 
     rule:
         name:
