@@ -123,7 +123,7 @@ def assistant_throughput(assistant, rows: int, prompt_tokens: int, device) -> fl
 
 def train_throughput(base, batch: int, sequence_tokens: int, device, steps: int = 3) -> float:
     """Training tokens per second: forward and backward through the frozen base to its input
-    embeddings, the LM head on the supervised half of each sequence (as softcot.train does)."""
+    embeddings, the LM head on the supervised half of each sequence (as softcot.training.losses does)."""
     ids = torch.randint(100, base.config.vocab_size, (batch, sequence_tokens)).to(device)
     supervised = sequence_tokens // 2
 

@@ -27,7 +27,7 @@ LOADING_JOBS = ("predictions", "projectors", "adapters")  # top folders of their
 STARTUP = f"""
 import torch
 torch.set_num_threads(1)
-import softcot.evaluate
+import softcot.commands.evaluate
 from softcot.models import load_model
 load_model({BASE_MODEL!r}, {str(ROOT / "results" / "models")!r}, device="cpu")
 """

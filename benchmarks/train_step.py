@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from softcot.data.schema import read_prepared
+from softcot.methods.softcot import batch_loss, batch_thoughts, make_batch
 from softcot.models import load_model
 from softcot.prompts import PromptRenderer, load_prompt_set
 from softcot.thoughts import Projector
-from softcot.train import batch_loss, batch_thoughts, compute_states, encode_training_data, make_batch
+from softcot.training.pair_data import compute_states, encode_training_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "results" / "models"

@@ -23,7 +23,7 @@ from softcot.methods.coconut import (
 )
 from softcot.methods.lora import cot_sequence
 from softcot.prompts import PromptRenderer, load_prompt_set
-from softcot.train import IGNORE
+from softcot.training.losses import IGNORE, supervised_loss_sum
 
 CURRICULUM = {"latent_per_step": 2, "max_latent_stage": 2, "epochs_per_stage": 1, "reset_optimizer": True}
 COCONUT = dict(SETTINGS, kind="coconut", epochs=4, **CURRICULUM)  # stages 0, 1, 2, 3 (all latent)
@@ -128,7 +128,7 @@ def test_gradients_reach_the_adapter_and_markers_through_the_latent_positions(
     try:
         embeds, mask = batch_embeddings(tiny_base.model, markers, batch)
         hidden, _ = coconut.coconut_hidden(tiny_base.model, embeds, mask, batch.start, 2)
-        coconut.supervised_loss(tiny_base.model, hidden, batch.labels).backward()
+        supervised_loss_sum(tiny_base.model, hidden[:, :-1], batch.labels[:, 1:])[0].backward()
         assert markers.begin.grad.abs().sum() > 0 and markers.end.grad.abs().sum() > 0
         # A pass's last hidden state reaches the loss only as the next latent input: its gradient
         # is the gradient through the latent positions (the prefix is never supervised).

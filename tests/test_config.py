@@ -7,7 +7,7 @@ import yaml
 
 from softcot.config import Config, deep_merge
 from softcot.errors import ConfigError
-from softcot.methods import method_class
+from softcot.methods.catalog import method_spec
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -129,7 +129,7 @@ def test_cross_references_are_checked_before_any_job(raw, edit, named):
 def test_thought_count_zero_is_fine_for_methods_that_read_no_thoughts(raw):
     raw["eval"]["num_thought_tokens"] = 0
     for method in raw["methods"].values():
-        reads_thoughts = "num_thought_tokens" in method_class(method["kind"]).eval_keys()
+        reads_thoughts = "num_thought_tokens" in method_spec(method["kind"]).eval_keys
         if reads_thoughts and "num_thought_tokens" not in method:
             method["num_thought_tokens"] = 4
     assert Config(raw).eval_settings("cot")["num_thought_tokens"] == 0

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from softcot import cli
+from softcot.config import check_data_settings
 from softcot.data.datasets import load_catalog, result_settings
-from softcot.data.prepare import check_settings, prepare
+from softcot.data.prepare import prepare
 from softcot.data.schema import read_prepared
 from softcot.data.sources import MIRROR_ENV, RawFile, RawFiles
 from softcot.errors import ChecksumError, ConfigError, DataError
@@ -134,7 +135,7 @@ def test_result_settings_hold_only_what_changes_a_dataset():
 )
 def test_bad_settings_name_the_key(dataset, settings, message):
     with pytest.raises(ConfigError, match=message):
-        check_settings(dataset, settings)
+        check_data_settings(dataset, settings)
 
 
 # --- the command line -------------------------------------------------------------------------

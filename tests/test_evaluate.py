@@ -13,6 +13,7 @@ from softcot.errors import DataError
 from softcot.io import load_jsonl
 from softcot.methods import method_class
 from softcot.methods.assist_cot import assistant_hints
+from softcot.methods.catalog import method_spec
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set
 from softcot.records import Evaluation
@@ -44,7 +45,7 @@ def make_job(kind, tiny_base, tiny_assistant, examples, batch_size=4, **override
         method,
         batch_size,
     )
-    if method.uses_assistant:
+    if method_spec(kind).uses_assistant:
         job.assistant = tiny_assistant
         job.assistant_renderer = PromptRenderer(prompt_set, tiny_assistant, None)
     if kind == "softcot":

@@ -16,16 +16,24 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import softcot.train as train
 from softcot import cli
 from softcot.data.schema import read_prepared
 from softcot.errors import DataError, ModelError
 from softcot.io import read_jsonl, write_jsonl_atomic
+from softcot.methods.softcot import batch_loss, batch_thoughts, make_batch
 from softcot.models.load import load_materialized
 from softcot.models.manifest import MANIFEST_NAME, folder_problems, invalidate_incomplete, read_manifest
 from softcot.models.materialize import materialize_spec
 from softcot.prompts import PromptRenderer, load_prompt_set
-from softcot.thoughts import Projector, check_projector_file, load_projector, save_projector
+from softcot.thoughts import MASTER_DTYPES, Projector, check_projector_file, load_projector, save_projector
+from softcot.training import loop
+from softcot.training.loop import Recipe, fit, token_mean
+from softcot.training.pair_data import (
+    TrainingData,
+    compute_states,
+    encode_training_data,
+    load_or_compute_states,
+)
 
 MATERIALIZE_MODULE = importlib.import_module("softcot.models.materialize")
 MODEL_FILES = ["model.safetensors", "tokenizer.json", "config.json"]
@@ -282,9 +290,9 @@ OUTPUTS = ("projector.safetensors", "dvclive/plots/metrics/train/loss.tsv")
 
 
 @pytest.fixture
-def data(tiny_base, tiny_assistant, gsm8k_examples) -> train.TrainingData:
+def data(tiny_base, tiny_assistant, gsm8k_examples) -> TrainingData:
     paper = load_prompt_set("paper")
-    return train.encode_training_data(
+    return encode_training_data(
         gsm8k_examples,
         PromptRenderer(paper, tiny_base, "{letter}){text}"),
         PromptRenderer(paper, tiny_assistant, "{letter}){text}"),
@@ -310,35 +318,53 @@ def test_a_corrupt_state_cache_is_recomputed(tmp_path, data, tiny_assistant, cap
 
     def compute() -> torch.Tensor:
         computed.append(1)
-        return train.compute_states(tiny_assistant, data, range(len(data)), N, 2)
+        return compute_states(tiny_assistant, data, range(len(data)), N, 2)
 
-    clean = train.load_or_compute_states(cache, metadata, compute)
+    clean = load_or_compute_states(cache, metadata, compute)
     cache.write_bytes(damage(cache.read_bytes()))
     capsys.readouterr()
 
-    again = train.load_or_compute_states(cache, metadata, compute)
+    again = load_or_compute_states(cache, metadata, compute)
 
     assert f"softcot train: warning: {cache} is unreadable" in capsys.readouterr().out
     assert computed == [1, 1] and torch.equal(again, clean)
-    assert torch.equal(train.load_or_compute_states(cache, metadata, compute), clean)
+    assert torch.equal(load_or_compute_states(cache, metadata, compute), clean)
     assert computed == [1, 1]  # the rewritten cache is valid and reused
 
 
 @pytest.fixture
 def states(data, tiny_assistant) -> torch.Tensor:
-    return train.compute_states(tiny_assistant, data, range(len(data)), N, 2)
+    return compute_states(tiny_assistant, data, range(len(data)), N, 2)
 
 
 def train_into(out_dir: Path, base, assistant, data, states) -> Path:
-    train.train_projector(
-        base, assistant, data, states, SETTINGS, out_dir / "projector.safetensors", FINGERPRINT
+    """SoftCoT's projector fitted by the one training loop, as `SoftCoT.train` builds its recipe."""
+    device = next(base.model.parameters()).device
+    projector = Projector.seeded(
+        states.shape[-1],
+        base.model.get_input_embeddings().embedding_dim,
+        SETTINGS["seed"],
+        MASTER_DTYPES[SETTINGS["projection_master_dtype"]],
+    ).to(device)
+
+    def loss(batch, step):
+        thoughts = batch_thoughts(assistant, data, batch.indices, N, states)
+        return token_mean(batch_loss(base, projector, batch, thoughts)[0], step)
+
+    recipe = Recipe(
+        dict(projector.named_parameters()),
+        len(data),
+        lambda epoch, indices: make_batch(base, data, indices, N),
+        loss,
     )
+    checkpoint = out_dir / "projector.safetensors"
+    fit(recipe, SETTINGS, out_dir, FINGERPRINT, save=lambda: save_projector(checkpoint, projector))
     return out_dir
 
 
 def crash_after_first_epoch(out_dir: Path, monkeypatch, *models) -> Path:
     """Train until the first step of epoch 2, so that resume.pt holds epoch 1."""
-    real_step = train._optimizer_step
+    real_step = loop._optimizer_step
     calls = []
 
     def crash(*args):
@@ -347,11 +373,11 @@ def crash_after_first_epoch(out_dir: Path, monkeypatch, *models) -> Path:
             raise KeyboardInterrupt
         real_step(*args)
 
-    monkeypatch.setattr(train, "_optimizer_step", crash)
+    monkeypatch.setattr(loop, "_optimizer_step", crash)
     with pytest.raises(KeyboardInterrupt):
         train_into(out_dir, *models)
-    monkeypatch.setattr(train, "_optimizer_step", real_step)
-    resume = out_dir / train.RESUME_NAME
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    resume = out_dir / loop.RESUME_NAME
     assert resume.exists() and not (out_dir / "projector.safetensors").exists()
     return resume
 

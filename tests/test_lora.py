@@ -14,15 +14,17 @@ import torch
 from safetensors import safe_open
 
 import softcot.models
-import softcot.train as train
 from softcot import evaluate as ev
+from softcot.commands import train as train_command
 from softcot.config import Config, deep_merge
 from softcot.errors import ConfigError
 from softcot.io import load_jsonl, write_jsonl_atomic
 from softcot.methods import method_class
+from softcot.methods.catalog import method_spec
 from softcot.methods.lora import cot_sequence, lora_batch
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set
+from softcot.training.losses import IGNORE
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -84,7 +86,7 @@ def run_train(
         record=str(directory / "adapter.json"),
         local_path=[],
     )
-    assert train.run(args) == 0
+    assert train_command.run(args) == 0
     return directory
 
 
@@ -102,7 +104,7 @@ def test_training_sequence_is_the_zero_shot_cot_prompt_then_the_assistant_turn(t
     for row, (example, (prompt, _)) in enumerate(zip(gsm8k_examples, sequences, strict=False)):
         assert prompt == renderer.base_ids(example, 0)  # exactly the evaluation's prompt
         assert not {marks.unk, marks.bot, marks.eot} & set(batch.ids[row].tolist())
-        supervised = batch.ids[row][batch.labels[row] != train.IGNORE]
+        supervised = batch.ids[row][batch.labels[row] != IGNORE]
         target = paper.target("gsm8k", example, example["question"])
         # The loss covers what the model writes at evaluation: the assistant turn, header included.
         assert tiny_base.tokenizer.decode(supervised) == "<|im_start|>assistant\n" + target + "<|im_end|>\n"
@@ -209,8 +211,13 @@ def test_each_artefact_gets_exactly_the_train_keys_it_reads():
     plan = Plan(Config(raw))
     lora = plan.train("lora", "tiny", "gsm8k")
     coconut = plan.train("coconut", "tiny", "gsm8k")
-    assert set(lora.settings) == {"kind", "pair", "option_format", *method_class("lora").train_keys}
-    assert set(coconut.settings) == {"kind", "pair", "option_format", *method_class("coconut").train_keys}
+    assert set(lora.settings) == {"kind", "pair", "option_format", *method_spec("lora").artefact.train_keys}
+    assert set(coconut.settings) == {
+        "kind",
+        "pair",
+        "option_format",
+        *method_spec("coconut").artefact.train_keys,
+    }
     assert lora.settings["pair"] == {"base": "smollm2-135m-instruct"}  # no assistant
     assert lora.outputs == {
         "checkpoint": "results/adapters/tiny/gsm8k/lora/adapter_model.safetensors",

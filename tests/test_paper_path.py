@@ -52,13 +52,15 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-import softcot.train as train
 from softcot.generate import SamplingConfig, generate, left_pad, row_seed
+from softcot.methods.softcot import batch_loss, make_batch
 from softcot.models.load import LoadedModel, resolve_token_ids
 from softcot.models.registry import get_spec
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots, locate_base_slots
 from softcot.prompts.sets import question_text
 from softcot.thoughts import Projector, assistant_states, base_embeddings, right_pad, splice_thoughts
+from softcot.training.losses import IGNORE
+from softcot.training.pair_data import compute_states, encode_training_data
 
 OPTION_FORMAT = "{letter}){text}"
 TRAIN_N, EVAL_N = 32, 4  # protocol §7 (training) and §8 (evaluation)
@@ -451,7 +453,7 @@ def test_pairs_have_the_real_vocabularies_in_bf16(pair):
 def test_one_training_step_trains_the_projector_only(paper, pair):
     family, base, assistant = pair
     examples = [EXAMPLES["gsm8k"], EXAMPLES["aqua"], EXAMPLES["strategyqa"]]
-    data = train.encode_training_data(
+    data = encode_training_data(
         examples,
         PromptRenderer(paper, base, OPTION_FORMAT),
         PromptRenderer(paper, assistant, OPTION_FORMAT),
@@ -460,19 +462,19 @@ def test_one_training_step_trains_the_projector_only(paper, pair):
         max_length=4096,
         source="paper-path",
     )
-    states = train.compute_states(assistant, data, range(len(data)), TRAIN_N, batch_size=len(data))
+    states = compute_states(assistant, data, range(len(data)), TRAIN_N, batch_size=len(data))
     assert states.shape == (3, TRAIN_N, ASSISTANT_H) and states.dtype == torch.bfloat16
     projector = Projector.seeded(ASSISTANT_H, BASE_H, seed=0)  # fp32 master weights (§14 row 7)
     optimizer = torch.optim.AdamW(
         projector.parameters(), lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
     )
-    batch = train.make_batch(base, data, [0, 1, 2], TRAIN_N)
+    batch = make_batch(base, data, [0, 1, 2], TRAIN_N)
 
-    loss_sum, count = train.batch_loss(base, projector, batch, states[batch.indices])
+    loss_sum, count = batch_loss(base, projector, batch, states[batch.indices])
     loss = loss_sum / count
     loss.backward()
 
-    assert count == int((batch.labels != train.IGNORE).sum()) > 0
+    assert count == int((batch.labels != IGNORE).sum()) > 0
     # A random model spreads its mass over the whole vocabulary: loss ~ ln(V).
     assert math.isfinite(loss.item()) and abs(loss.item() - math.log(base.model.config.vocab_size)) < 2
     for parameter in (projector.weight, projector.bias):

@@ -10,7 +10,8 @@ import yaml
 
 from softcot.config import Config, deep_merge
 from softcot.errors import ConfigError
-from softcot.methods import method_class, method_kinds
+from softcot.methods import method_class
+from softcot.methods.catalog import method_kinds
 from softcot.plan import Plan, check_keys, eval_setting_keys, parse_settings
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"

@@ -20,13 +20,17 @@ from test_paper_path import EXAMPLES, OPTION_FORMAT, _qwen3, base_content
 from test_prompts import MATH_ASSISTANT_LLAMA, MATH_REPLY, QWEN_BULLET, protocol
 from transformers import AutoTokenizer
 
-import softcot.train as train
+from softcot.chains import ScaledProjector
 from softcot.generate import left_pad
 from softcot.methods import softcot_pp as pp
+from softcot.methods.softcot import make_batch
 from softcot.models.load import LoadedModel, resolve_token_ids
 from softcot.models.registry import get_spec
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots, locate_base_slots
 from softcot.prompts.sets import question_text
+from softcot.training.loop import Step
+from softcot.training.losses import IGNORE
+from softcot.training.pair_data import encode_training_data
 
 UNK, BOT, EOT, IM_END = 151643, 151667, 151668, 151645
 N, TRAIN_N = 4, 32
@@ -176,7 +180,7 @@ def test_softcot_pp_step_on_qwen3_shaped_models(paper, tokenizer):
         tokenizer, "qwen3-0.6b", _qwen3(151936, 32, 1, True).to(torch.bfloat16).eval().requires_grad_(False)
     )
     examples = [EXAMPLES[d] for d in ("gsm8k", "aqua", "strategyqa")]
-    data = train.encode_training_data(
+    data = encode_training_data(
         examples, PromptRenderer(paper, base, OPTION_FORMAT), PromptRenderer(paper, assistant, OPTION_FORMAT),
         TRAIN_N, drop_last_token=False, max_length=4096, source="qwen3",
     )  # fmt: skip
@@ -186,15 +190,24 @@ def test_softcot_pp_step_on_qwen3_shaped_models(paper, tokenizer):
     }  # fmt: skip
     first, rows = pp.ini_rows(assistant, settings)
     assert first == 150001 and rows.shape == (3, 32)
-    module = pp.ScaledProjector.initialised(rows, 64, seed=0, dtype=torch.float32)
-    batch = train.make_batch(base, data, [0, 1, 2], TRAIN_N)
+    module = ScaledProjector.initialised(rows, 64, seed=0, dtype=torch.float32)
+    batch = make_batch(base, data, [0, 1, 2], TRAIN_N)
     assert all(
         int(s) < i for s, i in zip(batch.starts, [seq.supervised_from for seq in data.base], strict=True)
     )
-    tokens = int((batch.labels[:, 1:] != train.IGNORE).sum())
-    loss, lm, cl = pp.step_loss(
-        base, assistant, module, data, batch, settings, True, None, tokens, 3, torch.Generator()
+    tokens = int((batch.labels[:, 1:] != IGNORE).sum())
+    share = pp.step_loss(
+        base,
+        assistant,
+        module,
+        data,
+        batch,
+        settings,
+        True,
+        None,
+        Step(index=0, tokens=tokens, examples=3, seed=0),
     )
+    loss, lm, cl = share.value, share.parts["lm"], share.parts["contrastive"]
     loss.backward()
     assert torch.isfinite(loss) and lm > 0 and cl > 0
     for parameter in (module.weight, module.bias, module.embedding):

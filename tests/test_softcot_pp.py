@@ -15,17 +15,24 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import softcot.models
-import softcot.train as train
 from softcot import evaluate as ev
-from softcot.config import Config
+from softcot.chains import ScaledProjector, chain_states, load_scaled_projector
+from softcot.commands import train as train_command
+from softcot.config import Config, check_train_settings
 from softcot.errors import ConfigError, ModelError
 from softcot.io import load_jsonl, write_jsonl_atomic
-from softcot.methods import artefacts, method_class
+from softcot.methods import method_class
 from softcot.methods import softcot_pp as pp
+from softcot.methods.catalog import artefacts, method_spec
+from softcot.methods.softcot import batch_loss, make_batch
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots
 from softcot.records import all_rows
 from softcot.thoughts import Projector, load_projector, right_pad, save_projector
+from softcot.training import loop
+from softcot.training.loop import Step
+from softcot.training.losses import IGNORE
+from softcot.training.pair_data import encode_training_data
 
 REPO = Path(__file__).resolve().parent.parent
 N = 3  # thought tokens in training here
@@ -64,7 +71,7 @@ def paper():
 
 @pytest.fixture
 def data(paper, tiny_base, tiny_assistant, gsm8k_examples):
-    return train.encode_training_data(
+    return encode_training_data(
         gsm8k_examples,
         PromptRenderer(paper, tiny_base, None),
         PromptRenderer(paper, tiny_assistant, None),
@@ -75,9 +82,9 @@ def data(paper, tiny_base, tiny_assistant, gsm8k_examples):
     )
 
 
-def module_for(tiny_base, tiny_assistant, chains: int = K, seed: int = 0) -> pp.ScaledProjector:
+def module_for(tiny_base, tiny_assistant, chains: int = K, seed: int = 0) -> ScaledProjector:
     _, rows = pp.ini_rows(tiny_assistant, dict(COMMON, num_scaling_times=chains))
-    return pp.ScaledProjector.initialised(rows, tiny_base.model.config.hidden_size, seed, torch.float32)
+    return ScaledProjector.initialised(rows, tiny_base.model.config.hidden_size, seed, torch.float32)
 
 
 def assistant_batch(tiny_assistant, data, indices):
@@ -103,10 +110,8 @@ def test_chain_states_are_each_chain_run_alone_and_differ(tiny_base, tiny_assist
     module = module_for(tiny_base, tiny_assistant)
     ids, mask, starts = assistant_batch(tiny_assistant, data, [0, 1, 2, 3])
     with torch.no_grad():
-        shared = pp.chain_states(tiny_assistant.model, ids, mask, starts, N, module.embedding)
-        whole = pp.chain_states(
-            tiny_assistant.model, ids, mask, starts, N, module.embedding, share_prefix=False
-        )
+        shared = chain_states(tiny_assistant.model, ids, mask, starts, N, module.embedding)
+        whole = chain_states(tiny_assistant.model, ids, mask, starts, N, module.embedding, share_prefix=False)
     assert shared.shape == (4, K, N, tiny_assistant.model.config.hidden_size)
     torch.testing.assert_close(shared, whole, atol=1e-5, rtol=1e-5)
     # Independently: one unpadded forward per (example, chain) with the slot embeddings replaced.
@@ -148,10 +153,10 @@ def test_contrastive_term_equals_an_independent_computation():
 
 def test_lm_loss_over_chains_equals_each_chain_alone(tiny_base, tiny_assistant, data):
     module = module_for(tiny_base, tiny_assistant)
-    batch = train.make_batch(tiny_base, data, [0, 1, 2, 3], N)
+    batch = make_batch(tiny_base, data, [0, 1, 2, 3], N)
     ids, mask, starts = assistant_batch(tiny_assistant, data, batch.indices)
     with torch.no_grad():
-        thoughts = module(pp.chain_states(tiny_assistant.model, ids, mask, starts, N, module.embedding))
+        thoughts = module(chain_states(tiny_assistant.model, ids, mask, starts, N, module.embedding))
         embeds = tiny_base.model.get_input_embeddings()(batch.ids)
         together, count = pp.chain_lm_loss_sum(
             tiny_base.model, embeds, batch.mask, batch.labels, batch.starts, thoughts
@@ -160,7 +165,7 @@ def test_lm_loss_over_chains_equals_each_chain_alone(tiny_base, tiny_assistant, 
         for k in range(K):
             chain = Projector(1, 1)  # an identity stand-in: batch_loss projects its input
             chain.forward = lambda states: states  # type: ignore[method-assign]
-            loss_sum, tokens = train.batch_loss(tiny_base, chain, batch, thoughts[:, k])
+            loss_sum, tokens = batch_loss(tiny_base, chain, batch, thoughts[:, k])
             alone += loss_sum.item()
     assert count == K * tokens
     assert together.item() == pytest.approx(alone, rel=1e-5)
@@ -169,11 +174,20 @@ def test_lm_loss_over_chains_equals_each_chain_alone(tiny_base, tiny_assistant, 
 def test_batch_of_four_trains_the_projection_and_the_ini_embeddings(tiny_base, tiny_assistant, data):
     before = {n: t.clone() for m in (tiny_base, tiny_assistant) for n, t in m.model.state_dict().items()}
     module = module_for(tiny_base, tiny_assistant)
-    batch = train.make_batch(tiny_base, data, [0, 1, 2, 3], N)
-    tokens = int((batch.labels[:, 1:] != train.IGNORE).sum())
-    loss, lm, cl = pp.step_loss(
-        tiny_base, tiny_assistant, module, data, batch, NCE, True, None, tokens, 4, torch.Generator()
+    batch = make_batch(tiny_base, data, [0, 1, 2, 3], N)
+    tokens = int((batch.labels[:, 1:] != IGNORE).sum())
+    share = pp.step_loss(
+        tiny_base,
+        tiny_assistant,
+        module,
+        data,
+        batch,
+        NCE,
+        True,
+        None,
+        Step(index=0, tokens=tokens, examples=4, seed=0),
     )
+    loss, lm, cl = share.value, share.parts["lm"], share.parts["contrastive"]
     loss.backward()
     assert math.isfinite(loss.item()) and lm > 0 and cl > 0
     assert loss.item() == pytest.approx(lm + cl)
@@ -188,8 +202,8 @@ def test_batch_of_four_trains_the_projection_and_the_ini_embeddings(tiny_base, t
 
 def test_mean_reduction_divides_the_lm_loss_by_k(tiny_base, tiny_assistant, data):
     module = module_for(tiny_base, tiny_assistant)
-    batch = train.make_batch(tiny_base, data, [0, 1], N)
-    tokens = int((batch.labels[:, 1:] != train.IGNORE).sum())
+    batch = make_batch(tiny_base, data, [0, 1], N)
+    tokens = int((batch.labels[:, 1:] != IGNORE).sum())
     losses = {}
     for reduction in ("sum", "mean"):
         settings = dict(SCALING, chain_loss_reduction=reduction)
@@ -203,10 +217,8 @@ def test_mean_reduction_divides_the_lm_loss_by_k(tiny_base, tiny_assistant, data
                 settings,
                 False,
                 None,
-                tokens,
-                2,
-                torch.Generator(),
-            )[0]
+                Step(index=0, tokens=tokens, examples=2, seed=0),
+            ).value
     assert losses["mean"].item() == pytest.approx(losses["sum"].item() / K, rel=1e-6)
 
 
@@ -224,7 +236,7 @@ def workspace(tmp_path, monkeypatch, tiny_base, tiny_assistant, gsm8k_examples):
 
 
 def run_train(workspace: Path, settings: dict, out: str = "out") -> Path:
-    artefact = method_class(settings["kind"]).artefact.name
+    artefact = method_spec(settings["kind"]).artefact.name
     directory = workspace / out
     args = argparse.Namespace(
         pair="tiny",
@@ -240,7 +252,7 @@ def run_train(workspace: Path, settings: dict, out: str = "out") -> Path:
         record=str(directory / f"{artefact}.json"),
         local_path=[],
     )
-    assert train.run(args) == 0
+    assert train_command.run(args) == 0
     return directory
 
 
@@ -288,7 +300,7 @@ def test_frozen_ini_stays_bit_identical_and_its_states_are_cached(workspace, tin
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(workspace, monkeypatch):
     clean = run_train(workspace, NCE, "clean")
-    real_step, calls = pp._optimizer_step, []
+    real_step, calls = loop._optimizer_step, []
 
     def crash_in_second_epoch(*args):
         calls.append(1)
@@ -296,10 +308,10 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(workspace, monkeypa
             raise KeyboardInterrupt
         real_step(*args)
 
-    monkeypatch.setattr(pp, "_optimizer_step", crash_in_second_epoch)
+    monkeypatch.setattr(loop, "_optimizer_step", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_train(workspace, NCE, "crashed")
-    monkeypatch.setattr(pp, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
     crashed = run_train(workspace, NCE, "crashed")
     assert (crashed / "nce-projector.safetensors").read_bytes() == (
         clean / "nce-projector.safetensors"
@@ -321,10 +333,10 @@ def test_softcot_and_softcot_pp_checkpoints_are_not_interchangeable(tmp_path, ti
     save_projector(scaled, module_for(tiny_base, tiny_assistant))
     save_projector(plain, Projector(48, 32))
     with pytest.raises(ModelError, match="a SoftCoT projector \\(no \\[INI\\] embeddings\\)"):
-        pp.load_scaled_projector(plain)
+        load_scaled_projector(plain)
     with pytest.raises(ModelError, match="SoftCoT\\+\\+ checkpoint"):
         load_projector(scaled)
-    loaded = pp.load_scaled_projector(scaled)
+    loaded = load_scaled_projector(scaled)
     assert loaded.chains == K and loaded.in_features == 48 and loaded.out_features == 32
 
 
@@ -442,17 +454,17 @@ def test_loading_checks_the_chain_count(tmp_path, tiny_base, tiny_assistant, gsm
 # --- the plan ------------------------------------------------------------------------------------
 def test_each_artefact_trains_with_its_own_section_only():
     plan = Plan(Config.load())
-    assert artefacts()["nce-projector"][1].kind == "softcot-pp"
-    assert artefacts()["ini-projector"][1].kind == "softcot-pp-scaling"
-    assert artefacts()["projector"][1].kind == "softcot"  # SoftCoT-P evaluates SoftCoT's projector
+    assert artefacts()["nce-projector"].trained_by == "softcot-pp"
+    assert artefacts()["ini-projector"].trained_by == "softcot-pp-scaling"
+    assert artefacts()["projector"].trained_by == "softcot"  # SoftCoT-P evaluates SoftCoT's projector
     nce = plan.train("nce-projector", "tiny", "gsm8k")
     scaling = plan.train("ini-projector", "tiny", "gsm8k")
     assert nce.outputs["checkpoint"] == "results/nce-projectors/tiny/gsm8k/nce-projector.safetensors"
     assert {"contrastive_temperature", "contrastive_dropout"} <= set(nce.settings)
     assert not {"contrastive_temperature", "contrastive_dropout"} & set(scaling.settings)
     assert "num_scaling_times" not in plan.train("projector", "tiny", "gsm8k").settings
-    train.validate_settings(nce.settings, "plan")
-    train.validate_settings(scaling.settings, "plan")
+    check_train_settings(nce.settings, "plan")
+    check_train_settings(scaling.settings, "plan")
 
 
 def test_the_table_resolves_for_both_presets():

@@ -10,12 +10,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import softcot.methods.softcot as softcot_method
 import softcot.models
-import softcot.train as train
+from softcot.commands import train as train_command
 from softcot.errors import ConfigError, DataError
 from softcot.io import write_jsonl_atomic
+from softcot.methods.softcot import batch_loss, batch_thoughts, make_batch
 from softcot.prompts import PromptRenderer, load_prompt_set
 from softcot.thoughts import Projector, base_embeddings, splice_thoughts
+from softcot.training import loop
+from softcot.training.losses import IGNORE, lm_loss_sum
+from softcot.training.pair_data import compute_states, encode_training_data
 
 REPO = Path(__file__).resolve().parent.parent
 N = 4
@@ -46,7 +51,7 @@ def paper():
 
 @pytest.fixture
 def data(paper, tiny_base, tiny_assistant, gsm8k_examples):
-    return train.encode_training_data(
+    return encode_training_data(
         gsm8k_examples,
         PromptRenderer(paper, tiny_base, "{letter}){text}"),
         PromptRenderer(paper, tiny_assistant, "{letter}){text}"),
@@ -58,18 +63,18 @@ def data(paper, tiny_base, tiny_assistant, gsm8k_examples):
 
 
 def test_labels_supervise_exactly_the_assistant_turn(paper, tiny_base, data, gsm8k_examples):
-    batch = train.make_batch(tiny_base, data, [0, 3, 5], N)
+    batch = make_batch(tiny_base, data, [0, 3, 5], N)
     for row, index in enumerate(batch.indices):
-        supervised = batch.ids[row][batch.labels[row] != train.IGNORE]
+        supervised = batch.ids[row][batch.labels[row] != IGNORE]
         target = paper.target("gsm8k", gsm8k_examples[index], gsm8k_examples[index]["question"])
         assert tiny_base.tokenizer.decode(supervised) == "\n<|im_start|>assistant\n" + target + "<|im_end|>\n"
 
 
 def test_gradients_reach_only_the_projection(tiny_base, tiny_assistant, data):
-    states = train.compute_states(tiny_assistant, data, range(len(data)), N, 3)
+    states = compute_states(tiny_assistant, data, range(len(data)), N, 3)
     projector = Projector.seeded(48, 32, seed=0)
-    batch = train.make_batch(tiny_base, data, [0, 1], N)
-    loss, count = train.batch_loss(tiny_base, projector, batch, states[[0, 1]])
+    batch = make_batch(tiny_base, data, [0, 1], N)
+    loss, count = batch_loss(tiny_base, projector, batch, states[[0, 1]])
     (loss / count).backward()
     assert projector.weight.grad.abs().sum() > 0 and projector.bias.grad.abs().sum() > 0
     for model in (tiny_base.model, tiny_assistant.model):
@@ -80,7 +85,7 @@ def reference_loss(model, embeds, mask, labels):
     """The textbook causal-LM loss: the model's own full logits, shifted, summed over labels."""
     logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
     return torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), labels[:, 1:], ignore_index=train.IGNORE, reduction="sum"
+        logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="sum"
     )
 
 
@@ -89,8 +94,8 @@ def reference_loss(model, embeds, mask, labels):
 def test_fast_loss_paths_equal_the_full_logits_loss_and_gradient(
     tiny_base, tiny_assistant, data, supervised_only, prompt_without_grad
 ):
-    states = train.compute_states(tiny_assistant, data, range(len(data)), N, 6)[[1, 2, 4]]
-    batch = train.make_batch(tiny_base, data, [1, 2, 4], N)
+    states = compute_states(tiny_assistant, data, range(len(data)), N, 6)[[1, 2, 4]]
+    batch = make_batch(tiny_base, data, [1, 2, 4], N)
     expected_projector = Projector.seeded(48, 32, seed=0)
     embeds = splice_thoughts(
         base_embeddings(tiny_base.model, batch.ids), batch.starts, expected_projector(states)
@@ -99,32 +104,32 @@ def test_fast_loss_paths_equal_the_full_logits_loss_and_gradient(
     expected.backward()
 
     projector = Projector.seeded(48, 32, seed=0)
-    loss, count = train.batch_loss(tiny_base, projector, batch, states, supervised_only, prompt_without_grad)
+    loss, count = batch_loss(tiny_base, projector, batch, states, supervised_only, prompt_without_grad)
     loss.backward()
-    assert count == int((batch.labels != train.IGNORE).sum()) > 0
+    assert count == int((batch.labels != IGNORE).sum()) > 0
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(projector.weight.grad, expected_projector.weight.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(projector.bias.grad, expected_projector.bias.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_positions_run_without_autograd_must_not_be_supervised(tiny_base, data):
-    batch = train.make_batch(tiny_base, data, [0], N)
+    batch = make_batch(tiny_base, data, [0], N)
     embeds = base_embeddings(tiny_base.model, batch.ids)
-    first_label = int((batch.labels[0] != train.IGNORE).nonzero()[0])
+    first_label = int((batch.labels[0] != IGNORE).nonzero()[0])
     with pytest.raises(ValueError, match="without autograd"):
-        train.lm_loss_sum(tiny_base.model, embeds, batch.mask, batch.labels, frozen=first_label)
+        lm_loss_sum(tiny_base.model, embeds, batch.mask, batch.labels, frozen=first_label)
 
 
 def test_cached_and_uncached_assistant_states_give_the_same_loss(tiny_base, tiny_assistant, data):
-    cached = train.compute_states(tiny_assistant, data, range(len(data)), N, 6)  # one batch of all six
-    batch = train.make_batch(tiny_base, data, [4, 0], N)
+    cached = compute_states(tiny_assistant, data, range(len(data)), N, 6)  # one batch of all six
+    batch = make_batch(tiny_base, data, [4, 0], N)
     projector = Projector.seeded(48, 32, seed=0)
     with torch.no_grad():
-        from_cache, _ = train.batch_loss(
-            tiny_base, projector, batch, train.batch_thoughts(tiny_assistant, data, [4, 0], N, cached)
+        from_cache, _ = batch_loss(
+            tiny_base, projector, batch, batch_thoughts(tiny_assistant, data, [4, 0], N, cached)
         )
-        on_the_fly, _ = train.batch_loss(
-            tiny_base, projector, batch, train.batch_thoughts(tiny_assistant, data, [4, 0], N, None)
+        on_the_fly, _ = batch_loss(
+            tiny_base, projector, batch, batch_thoughts(tiny_assistant, data, [4, 0], N, None)
         )
     torch.testing.assert_close(from_cache, on_the_fly, rtol=1e-5, atol=1e-4)
 
@@ -133,7 +138,7 @@ def test_too_long_sequences_are_an_error_naming_the_example(paper, tiny_base, ti
     with pytest.raises(
         DataError, match=r"train.jsonl: example 'gsm8k-train-0' is \d+ tokens long, over train.max_length=50"
     ):
-        train.encode_training_data(
+        encode_training_data(
             gsm8k_examples,
             PromptRenderer(paper, tiny_base, "{letter}){text}"),
             PromptRenderer(paper, tiny_assistant, "{letter}){text}"),
@@ -151,12 +156,12 @@ def test_overlong_sequences_can_be_skipped_and_are_counted(paper, tiny_base, tin
     ]
     lengths = [len(renderers[0].training_sequence(e, N).ids) for e in gsm8k_examples]
     limit = min(lengths)
-    data = train.encode_training_data(gsm8k_examples, *renderers, N, False, limit, "train.jsonl", "skip")
+    data = encode_training_data(gsm8k_examples, *renderers, N, False, limit, "train.jsonl", "skip")
     expected_skips = [e["id"] for e, n in zip(gsm8k_examples, lengths, strict=True) if n > limit]
     assert list(data.skipped) == expected_skips and expected_skips
     assert len(data) == len(gsm8k_examples) - len(expected_skips)
     with pytest.raises(DataError, match="every example is over"):
-        train.encode_training_data(gsm8k_examples, *renderers, N, False, 5, "train.jsonl", "skip")
+        encode_training_data(gsm8k_examples, *renderers, N, False, 5, "train.jsonl", "skip")
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -196,7 +201,7 @@ def train_args(
 def run_train(
     workspace: Path, out: str = "out", settings: dict | None = None, dataset: str = "gsm8k"
 ) -> Path:
-    assert train.run(train_args(workspace, out, settings or SETTINGS, dataset, "unused")) == 0
+    assert train_command.run(train_args(workspace, out, settings or SETTINGS, dataset, "unused")) == 0
     return workspace / out / "tiny" / dataset
 
 
@@ -243,7 +248,7 @@ def test_same_seed_gives_byte_identical_outputs_and_reuses_the_state_cache(works
     def must_not_compute(*args, **kwargs):
         raise AssertionError("the cached states should have been reused")
 
-    monkeypatch.setattr(train, "compute_states", must_not_compute)
+    monkeypatch.setattr(softcot_method, "compute_states", must_not_compute)
     second = run_train(workspace, "run2")
     for name in ("projector.safetensors", "projector.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
@@ -267,7 +272,7 @@ def test_state_cache_is_rebuilt_when_the_data_changes(workspace, gsm8k_examples)
 def test_resume_after_a_crash_gives_the_uninterrupted_result(workspace, monkeypatch):
     uninterrupted = run_train(workspace, "clean")
 
-    real_step = train._optimizer_step
+    real_step = loop._optimizer_step
     calls = []
 
     def crash_in_second_epoch(*args):
@@ -276,13 +281,13 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(workspace, monkeypa
             raise KeyboardInterrupt
         real_step(*args)
 
-    monkeypatch.setattr(train, "_optimizer_step", crash_in_second_epoch)
+    monkeypatch.setattr(loop, "_optimizer_step", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_train(workspace, "crashed")
     crashed = workspace / "crashed" / "tiny" / "gsm8k"
     assert (crashed / "resume.pt").exists() and not (crashed / "projector.safetensors").exists()
 
-    monkeypatch.setattr(train, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
     run_train(workspace, "crashed")
     assert not (crashed / "resume.pt").exists()
     for name in ("projector.safetensors", "projector.json", "dvclive/plots/metrics/train/loss.tsv"):
@@ -291,7 +296,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(workspace, monkeypa
 
 def test_a_resume_file_of_another_run_is_ignored(workspace, monkeypatch):
     clean = run_train(workspace, "clean")
-    real_step = train._optimizer_step
+    real_step = loop._optimizer_step
     calls = []
 
     def crash_at_third_step(*args):
@@ -300,10 +305,10 @@ def test_a_resume_file_of_another_run_is_ignored(workspace, monkeypatch):
             raise KeyboardInterrupt
         real_step(*args)
 
-    monkeypatch.setattr(train, "_optimizer_step", crash_at_third_step)
+    monkeypatch.setattr(loop, "_optimizer_step", crash_at_third_step)
     with pytest.raises(KeyboardInterrupt):
         run_train(workspace, "mixed", dict(SETTINGS, lr=5e-3))
-    monkeypatch.setattr(train, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
     mixed = run_train(workspace, "mixed")
     assert (mixed / "projector.safetensors").read_bytes() == (clean / "projector.safetensors").read_bytes()
 
@@ -335,6 +340,6 @@ def test_real_tiny_pair_end_to_end(tmp_path):
     write_jsonl_atomic(tmp_path / "data" / "gsm8k" / "train.jsonl", [gsm8k_example(i) for i in range(4)])
     settings = dict(SETTINGS, lr=2e-5, batch_size=2, grad_accum=1, epochs=1, num_thought_tokens=32)
     args = train_args(tmp_path, "out", settings, "gsm8k", str(models))
-    assert train.run(args) == 0
+    assert train_command.run(args) == 0
     with safe_open(str(tmp_path / "out" / "tiny" / "gsm8k" / "projector.safetensors"), framework="pt") as f:
         assert f.get_tensor("weight").shape == (576, 640) and f.get_tensor("bias").shape == (576,)
