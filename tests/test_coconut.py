@@ -18,6 +18,7 @@ from softcot.methods.coconut import (
     coconut_batch,
     coconut_hidden,
     load_markers,
+    resets_optimizer,
     stage_layout,
     stage_of,
 )
@@ -44,6 +45,15 @@ def test_the_curriculum_follows_gsm_coconut():
     # and past the last stage every step is left out while the latent count stays at its maximum.
     assert [stage_layout(stage, 2, paper) for stage in range(5)] == [(0, 0), (1, 2), (2, 4), (2, 6), (2, 6)]
     assert stage_layout(4, 5, paper) == (5, 6)
+
+
+def test_reset_optimizer_starts_every_epoch_afresh_as_coconut_does():
+    """facebookresearch/coconut builds a new AdamW at the start of every epoch, not only at a new
+    stage: over the paper's 25-epoch curriculum that is 24 resets (3 stage changes and 21 more)."""
+    paper = {"latent_per_step": 2, "max_latent_stage": 3, "epochs_per_stage": 3, "reset_optimizer": True}
+    resets = [epoch for epoch in range(25) if resets_optimizer(epoch, paper)]
+    assert resets == list(range(1, 25))
+    assert not any(resets_optimizer(epoch, dict(paper, reset_optimizer=False)) for epoch in range(25))
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

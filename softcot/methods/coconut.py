@@ -11,7 +11,7 @@ first k rationale steps are replaced by k x `latent_per_step` latent positions; 
 every `epochs_per_stage` epochs up to `max_latent_stage`, after which every rationale step is left
 out (the latent positions stay at max_latent_stage x latent_per_step: Coconut's pad_latent_to_max).
 The loss covers the remaining steps and the answer (never the prompt, the markers or the latent
-positions); `reset_optimizer` starts each stage with a fresh AdamW state. LoRA (as in
+positions); `reset_optimizer` starts every epoch with a fresh AdamW state, as Coconut does. LoRA (as in
 softcot.methods.lora) and the two marker embeddings are trained; the gradient flows through the
 latent positions. Evaluation: prompt, begin marker, max_latent_stage x latent_per_step latent
 positions, end marker, then text sampled by the batched seeded engine.
@@ -261,6 +261,13 @@ def stage_layout(stage: int, steps: int, settings: Mapping[str, Any]) -> tuple[i
     return skipped, min(stage, top) * int(settings["latent_per_step"])
 
 
+def resets_optimizer(epoch: int, settings: Mapping[str, Any]) -> bool:
+    """Whether epoch `epoch` starts with a fresh AdamW state. With `reset_optimizer`,
+    facebookresearch/coconut builds a new optimizer at the start of every epoch, not only when the
+    stage changes; the learning-rate schedule runs on (this project's linear decay)."""
+    return epoch > 0 and bool(settings["reset_optimizer"])
+
+
 def eval_latents(settings: Mapping[str, Any]) -> int:
     """Latent positions at evaluation: max_latent_stage x latent_per_step."""
     return int(settings["max_latent_stage"]) * int(settings["latent_per_step"])
@@ -344,11 +351,6 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
         stage = stage_of(epoch, settings)
         return coconut_batch(base, [encoded[stage][i] for i in indices], m_of[stage])
 
-    def new_stage(epoch: int) -> bool:
-        return bool(settings["reset_optimizer"]) and stage_of(epoch, settings) != stage_of(
-            epoch - 1, settings
-        )
-
     fit_adapter(
         context,
         base,
@@ -357,7 +359,7 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
         batch,
         loss,
         extra={f"markers.{n}": p for n, p in markers.named_parameters()},
-        reset_optimizer=new_stage,
+        reset_optimizer=lambda epoch: resets_optimizer(epoch, settings),
         save_extra=lambda: save_markers(context.checkpoint.parent / MARKERS_FILE, markers),
     )
     print(

@@ -226,7 +226,7 @@ def fit(
             recipe.module.train()
         try:
             for epoch in range(state.epochs_done, int(settings["epochs"])):
-                if epoch > 0 and recipe.reset_optimizer(epoch):
+                if recipe.reset_optimizer(epoch):
                     optimizer.state.clear()  # a fresh AdamW state; the schedule runs on
                 order = torch.randperm(recipe.examples, generator=state.generator).tolist()
                 epoch_start = len(state.step_losses)
