@@ -10,7 +10,7 @@ the thoughts runs without autograd (softcot.training.losses).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,70 +107,31 @@ class SoftCoT(Method):
         settings = context.settings
         n = settings["num_thought_tokens"]
         data_sha256 = sha256_file(context.train_file)
-        models = settings["pair"]
         assistant, base = context.load_pair()
         data, prompt_set = encode_pair_data(context, assistant, base)
         metadata = state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256)
-        states_path = (
-            context.states_dir
-            / models["assistant"]
-            / prompt_set.name
-            / context.dataset
-            / f"train-n{n}.safetensors"
-        )
+        path = states_path(context, prompt_set.name, f"train-n{n}")
         states = load_or_compute_states(
-            states_path,
+            path,
             metadata,
             lambda: compute_states(
-                assistant,
-                data,
-                range(len(data)),
-                n,
-                settings["batch_size"],
-                f"assistant states {states_path}",
+                assistant, data, range(len(data)), n, settings["batch_size"], f"assistant states {path}"
             ),
         )
-        record = {
-            "pair": context.pair,
-            "assistant": models["assistant"],
-            "base": models["base"],
-            "dataset": context.dataset,
-            "num_thought_tokens": n,
-            "examples": len(data),
-            "skipped_overlong": len(data.skipped),
-            "skipped_overlong_ids": list(data.skipped),
-            "data_sha256": data_sha256,
-            "prompt_set": prompt_set.name,
-            "prompt_set_sha256": prompt_set.sha256,
-            "option_format": settings["option_format"],
-            "settings": settings,
-            "assistant_state_cache": metadata,
-            "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
-        }
-        device = next(base.model.parameters()).device
+        record = pair_record(context, data, prompt_set, data_sha256, metadata)
         projector = Projector.seeded(
             states.shape[-1],
             base.model.get_input_embeddings().embedding_dim,
             settings["seed"],
             MASTER_DTYPES[settings["projection_master_dtype"]],
-        ).to(device)
+        ).to(next(base.model.parameters()).device)
 
         def loss(batch: ThoughtBatch, step: Step) -> LossShare:
             thoughts = batch_thoughts(assistant, data, batch.indices, n, states)
             return token_mean(batch_loss(base, projector, batch, thoughts)[0], step)
 
-        recipe = Recipe(
-            dict(projector.named_parameters()),
-            len(data),
-            lambda epoch, indices: make_batch(base, data, indices, n),
-            loss,
-        )
-        losses, _ = fit(
-            recipe,
-            settings,
-            context.checkpoint.parent,
-            fingerprint=record,
-            save=lambda: save_projector(context.checkpoint, projector),
+        losses, _ = fit_projection(
+            context, base, data, projector, dict(projector.named_parameters()), loss, record
         )
         record.update(losses, assistant_dim=projector.in_features, base_dim=projector.out_features)
         print(
@@ -180,7 +141,71 @@ class SoftCoT(Method):
         return record
 
 
-# --- training batches and loss (shared with SoftCoT++) -----------------------------------------------
+# --- training: what SoftCoT++ shares ---------------------------------------------------------------
+def states_path(context: TrainingContext, prompt_set: str, name: str) -> Path:
+    """Where the assistant's cached training states live: by assistant, prompt set and dataset."""
+    directory = context.states_dir / context.settings["pair"]["assistant"] / prompt_set / context.dataset
+    return directory / f"{name}.safetensors"
+
+
+def pair_record(
+    context: TrainingContext,
+    data: TrainingData,
+    prompt_set: Any,
+    data_sha256: str,
+    state_cache: dict[str, str] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The training record's inputs part (what fingerprints a run: a resume file of other inputs is
+    ignored); `extra` adds method-specific inputs."""
+    settings = context.settings
+    return {
+        "pair": context.pair,
+        "assistant": settings["pair"]["assistant"],
+        "base": settings["pair"]["base"],
+        "dataset": context.dataset,
+        "num_thought_tokens": settings["num_thought_tokens"],
+        **extra,
+        "examples": len(data),
+        "skipped_overlong": len(data.skipped),
+        "skipped_overlong_ids": list(data.skipped),
+        "data_sha256": data_sha256,
+        "prompt_set": prompt_set.name,
+        "prompt_set_sha256": prompt_set.sha256,
+        "option_format": settings["option_format"],
+        "settings": settings,
+        "assistant_state_cache": state_cache,
+        "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
+    }
+
+
+def fit_projection(
+    context: TrainingContext,
+    base: Any,
+    data: TrainingData,
+    projector: Projector,
+    trained: dict[str, torch.nn.Parameter],
+    loss: Callable[[ThoughtBatch, Step], LossShare],
+    record: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Fit `trained` (tensors of `projector`) on the pair's batches with the one loop and write the
+    projector checkpoint; `record` fingerprints the run. Returns the loop's losses and parts."""
+    recipe = Recipe(
+        trained,
+        len(data),
+        lambda epoch, indices: make_batch(base, data, indices, context.settings["num_thought_tokens"]),
+        loss,
+    )
+    return fit(
+        recipe,
+        context.settings,
+        context.checkpoint.parent,
+        fingerprint=record,
+        save=lambda: save_projector(context.checkpoint, projector),
+    )
+
+
+# --- training batches and loss --------------------------------------------------------------------
 def encode_pair_data(context: TrainingContext, assistant: Any, base: Any) -> tuple[TrainingData, Any]:
     """The context's training examples encoded for both models of the pair (N thought tokens), and
     the prompt set they were rendered with."""

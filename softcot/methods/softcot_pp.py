@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
 from tqdm import tqdm
 
 from softcot.chains import ScaledProjector, chain_hidden, chain_states, load_scaled_projector
@@ -47,11 +46,18 @@ from softcot.errors import ConfigError, ModelError
 from softcot.evaluate import Job, Row
 from softcot.io import sha256_file
 from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
-from softcot.methods.softcot import SoftCoT, ThoughtBatch, encode_pair_data, make_batch
+from softcot.methods.softcot import (
+    SoftCoT,
+    ThoughtBatch,
+    encode_pair_data,
+    fit_projection,
+    pair_record,
+    states_path,
+)
 from softcot.prompts.placeholders import locate_assistant_slots, locate_base_slots
-from softcot.thoughts import MASTER_DTYPES, base_embeddings, right_pad, save_projector, splice_thoughts
+from softcot.thoughts import MASTER_DTYPES, base_embeddings, right_pad, splice_thoughts
 from softcot.training.context import TrainingContext
-from softcot.training.loop import LossShare, Recipe, Step, fit
+from softcot.training.loop import LossShare, Step
 from softcot.training.losses import check_frozen, supervised_loss_sum
 from softcot.training.pair_data import TrainingData, load_or_compute_states, state_cache_metadata
 
@@ -219,7 +225,6 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
     _check_settings(settings, contrastive)
     n, chains = settings["num_thought_tokens"], int(settings["num_scaling_times"])
     data_sha256 = sha256_file(context.train_file)
-    models = settings["pair"]
     assistant, base = context.load_pair()
     data, prompt_set = encode_pair_data(context, assistant, base)
     first_row, rows = ini_rows(assistant, settings)
@@ -239,8 +244,7 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
             chains=str(chains),
             ini_dtype=settings["projection_master_dtype"],
         )
-        path = context.states_dir / models["assistant"] / prompt_set.name / context.dataset
-        path = path / f"train-n{n}-ini{first_row}x{chains}.safetensors"
+        path = states_path(context, prompt_set.name, f"train-n{n}-ini{first_row}x{chains}")
         cached = load_or_compute_states(
             path,
             cache_metadata,
@@ -249,44 +253,23 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
             ),
         )
 
-    record: dict[str, Any] = {
-        "pair": context.pair,
-        "assistant": models["assistant"],
-        "base": models["base"],
-        "dataset": context.dataset,
-        "num_thought_tokens": n,
-        "num_scaling_times": chains,
-        "contrastive": contrastive,
-        "ini_first_row": first_row,
-        "ini_tokens": assistant.tokenizer.convert_ids_to_tokens(list(range(first_row, first_row + chains))),
-        "examples": len(data),
-        "skipped_overlong": len(data.skipped),
-        "skipped_overlong_ids": list(data.skipped),
-        "data_sha256": data_sha256,
-        "prompt_set": prompt_set.name,
-        "prompt_set_sha256": prompt_set.sha256,
-        "option_format": settings["option_format"],
-        "settings": settings,
-        "assistant_state_cache": cache_metadata,
-        "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__},
-    }
+    record = pair_record(
+        context,
+        data,
+        prompt_set,
+        data_sha256,
+        cache_metadata,
+        num_scaling_times=chains,
+        contrastive=contrastive,
+        ini_first_row=first_row,
+        ini_tokens=assistant.tokenizer.convert_ids_to_tokens(list(range(first_row, first_row + chains))),
+    )
 
     def loss(batch: ThoughtBatch, step: Step) -> LossShare:
         return step_loss(base, assistant, module, data, batch, settings, contrastive, cached, step)
 
-    recipe = Recipe(
-        {name: p for name, p in module.named_parameters() if p.requires_grad},
-        len(data),
-        lambda epoch, indices: make_batch(base, data, indices, n),
-        loss,
-    )
-    losses, parts = fit(
-        recipe,
-        settings,
-        context.checkpoint.parent,
-        fingerprint=record,
-        save=lambda: save_projector(context.checkpoint, module),
-    )
+    trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    losses, parts = fit_projection(context, base, data, module, trained, loss, record)
     record.update(
         losses,
         # This run's steps only (a resumed run has not seen the earlier ones' parts).
