@@ -22,7 +22,7 @@ from softcot.errors import DataError, ModelError
 from softcot.io import read_jsonl, write_jsonl_atomic
 from softcot.methods.softcot import batch_loss, batch_thoughts, make_batch
 from softcot.models.load import load_materialized
-from softcot.models.manifest import MANIFEST_NAME, folder_problems, invalidate_incomplete, read_manifest
+from softcot.models.manifest import MANIFEST_NAME, folder_problems, incomplete_folders, read_manifest
 from softcot.models.materialize import materialize_spec
 from softcot.prompts import PromptRenderer, load_prompt_set
 from softcot.thoughts import MASTER_DTYPES, Projector, check_projector_file, load_projector, save_projector
@@ -186,19 +186,19 @@ def test_verify_names_a_model_that_is_not_materialized(tmp_path, capsys):
     assert "no model directories to verify" in capsys.readouterr().err
 
 
-def test_invalidate_incomplete_removes_only_a_damaged_manifest(models_dir, tmp_path):
-    """What the Snakefile runs before building its DAG: the rule's output (the manifest) goes
-    missing exactly for damaged directories."""
+def test_incomplete_folders_names_only_a_damaged_directory_and_writes_nothing(models_dir, tmp_path):
+    """What the Snakefile checks before building its DAG: the damaged directory and its problem,
+    with every manifest left in place (planning writes nothing)."""
     shutil.copytree(models_dir / "tiny-base", models_dir / "other")
     (models_dir / "other" / "tokenizer.json").unlink()
     (models_dir / ".downloads").mkdir()
 
-    removed = invalidate_incomplete(models_dir)
+    found = incomplete_folders(models_dir)
 
-    assert len(removed) == 1 and "other: incomplete" in removed[0] and "tokenizer.json: missing" in removed[0]
-    assert not (models_dir / "other" / MANIFEST_NAME).exists()
+    assert list(found) == ["other"] and any("tokenizer.json: missing" in p for p in found["other"])
+    assert (models_dir / "other" / MANIFEST_NAME).exists()
     assert (models_dir / "tiny-base" / MANIFEST_NAME).exists()
-    assert invalidate_incomplete(models_dir) == [] and invalidate_incomplete(tmp_path / "absent") == []
+    assert incomplete_folders(tmp_path / "absent") == {}
 
 
 # --- prepared data ----------------------------------------------------------------------------

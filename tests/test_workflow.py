@@ -4,6 +4,7 @@ before any job, and the tiny preset runs end to end on very small limits."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -84,6 +85,30 @@ def test_an_unknown_dataset_in_a_table_is_named(tmp_path):
     result = snakemake("-n", "reports/main_table.md", cwd=tmp_path)
     assert result.returncode != 0
     assert "svamp" in result.stdout + result.stderr
+
+
+def tree_state(root: Path) -> dict[str, int]:
+    """Every path below `root` with its modification time (ns): what a write would change."""
+    return {str(p.relative_to(root)): p.lstat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_a_dry_run_over_a_truncated_model_writes_nothing_and_names_the_repair(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    model = tmp_path / "results" / "models" / "smollm2-135m-instruct"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"x" * 10)
+    manifest = {"files": {"model.safetensors": "0" * 64}, "sizes": {"model.safetensors": 20}}
+    (model / "softcot_model.json").write_text(json.dumps(manifest))
+    before = tree_state(tmp_path)
+
+    result = snakemake("-n", "reports/main_table.md", cwd=tmp_path)
+
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "model.safetensors: 10 bytes, the manifest says 20" in out
+    assert "softcot verify smollm2-135m-instruct --invalidate" in out
+    after = {path: mtime for path, mtime in tree_state(tmp_path).items() if not path.startswith(".snakemake")}
+    assert after == before
 
 
 @pytest.mark.slow

@@ -93,24 +93,18 @@ def model_folders(models_dir: Path) -> list[str]:
     return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def invalidate_incomplete(models_dir: str | os.PathLike) -> list[str]:
-    """Remove the manifest of every model directory whose files fail the size check; say which.
+def incomplete_folders(models_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Every model directory whose files fail the size check, with its problems; nothing is
+    written (the Snakefile runs this while planning, and a dry run must change nothing).
 
-    For the Snakefile: the materialize rule's output is the manifest, so Snakemake sees it
-    missing and rebuilds that model. Only directories with a readable manifest are touched;
-    a complete one never is. Cheap: one stat per listed file, no hashing.
+    Only directories with a readable manifest are checked: one without is an unfinished build, which
+    Snakemake reruns anyway (the manifest is its materialize rule's output). Cheap: one stat per
+    listed file, no hashing.
     """
     models_dir = Path(models_dir)
-    removed = []
+    found = {}
     for name in model_folders(models_dir):
-        model_dir = models_dir / name
-        manifest = read_manifest(model_dir)
-        if manifest is None:
-            continue
-        problems = file_problems(model_dir, manifest)
-        if problems:
-            (model_dir / MANIFEST_NAME).unlink(missing_ok=True)
-            removed.append(
-                f"{model_dir}: incomplete ({'; '.join(problems)}); removed its manifest to rebuild it"
-            )
-    return removed
+        manifest = read_manifest(models_dir / name)
+        if manifest is not None and (problems := file_problems(models_dir / name, manifest)):
+            found[name] = problems
+    return found

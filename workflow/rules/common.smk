@@ -8,7 +8,8 @@ from snakemake.logging import logger
 from softcot.data.datasets import dataset_names
 from softcot.methods.catalog import artefacts
 from softcot.models.registry import get_spec
-from softcot.models.manifest import MANIFEST_NAME, invalidate_incomplete
+from softcot.errors import ModelError
+from softcot.models.manifest import MANIFEST_NAME, incomplete_folders
 from softcot.plan import (
     Plan,
     datasets_built_jointly,
@@ -26,10 +27,17 @@ DATASETS = dataset_names()
 # GPUs one training or evaluation job needs (0 on the CPU preset); a profile maps it to the cluster.
 GPU_PER_JOB = PLAN.gpus_per_job
 
-# A model folder with a missing or truncated file loses its manifest, so its rule reruns.
+# A model folder with a missing or truncated file stops the workflow with the repair command.
+# Planning writes nothing, so a dry run (`snakemake -n`) leaves the tree as it was.
 if workflow.is_main_process:
-    for _message in invalidate_incomplete("results/models"):
-        logger.warning(f"softcot: {_message}")
+    _incomplete = incomplete_folders("results/models")
+    if _incomplete:
+        raise ModelError(
+            "materialized models are incomplete:\n"
+            + "".join(f"  results/models/{name}: {'; '.join(p)}\n" for name, p in _incomplete.items())
+            + f"Repair: `softcot verify {' '.join(_incomplete)} --invalidate` removes their manifests; "
+            "then run snakemake again: it rebuilds them and everything that used them."
+        )
 
 for _table, _labels in PLAN.dropped_rows().items():
     if _labels:

@@ -4,8 +4,8 @@
 
 rule materialize:
     output:
-        # The manifest stands for the folder: it is written last, and common.smk deletes the
-        # manifest of a folder whose files are missing or truncated, so that folder is rebuilt.
+        # The manifest stands for the folder: it is written last. A folder whose files are missing
+        # or truncated stops planning (common.smk) until `softcot verify --invalidate` removes it.
         f"results/models/{{model}}/{MANIFEST_NAME}",
     params:
         spec=model_spec_json,
