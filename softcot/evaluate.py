@@ -3,9 +3,10 @@
 A *row* is one (example, seed, sample) triple. All rows of a job share generation batches, so
 the five seeds of an example cost one padded batch, not five runs; every row samples from its
 own generator seeded from (seed, example id, sample), so its output does not depend on what
-else is in its batch (softcot.generate). What a method puts into the base model (prompts, soft
-thoughts) is the method's business (softcot.methods); this driver batches, samples, extracts,
-votes and writes.
+else is in its batch (softcot.generate). With `chain_streams: shared`, sample r of every chain
+of a method with chains draws one stream instead (softcot.records.stream_sample). What a method
+puts into the base model (prompts, soft thoughts) is the method's business (softcot.methods);
+this driver batches, samples, extracts, votes and writes.
 
 Completed batches are appended to a partial file, so an interrupted job resumes after the last
 completed batch; the final prediction files appear atomically. A sharded evaluation runs one job
@@ -39,6 +40,7 @@ from softcot.records import (
     check_outputs,
     seed_metrics,
     seed_records,
+    stream_sample,
     write_seed_files,
 )
 from softcot.resources import CPU_BATCH_SIZE, architecture_of, auto_batch_size
@@ -124,7 +126,9 @@ def run_batch(job: Job, rows: list[Row], prompts: list[list[int]], config: Sampl
     ids, mask = ids.to(device), mask.to(device)
     with torch.no_grad():  # the projection and the splice keep no autograd graph at evaluation
         embeds = job.method.input_embeddings(job, rows, ids, mask)
-    seeds = [row_seed(r.seed, job.examples[r.example]["id"], r.sample) for r in rows]
+    seeds = [
+        row_seed(r.seed, job.examples[r.example]["id"], stream_sample(job.settings, r.sample)) for r in rows
+    ]
     return generate(base.model, ids, mask, seeds, config, base.stop_ids, base.pad_id, inputs_embeds=embeds)
 
 

@@ -43,6 +43,22 @@ def rows_per_seed(settings: dict[str, Any]) -> int:
     return int(settings["samples"]) * int(settings.get("chains", 1))
 
 
+CHAIN_STREAMS = ("independent", "shared")
+
+
+def stream_sample(settings: dict[str, Any], sample: int) -> int:
+    """The sample index whose random stream row `sample` draws from (softcot.generate.row_seed).
+
+    `chain_streams: independent` (the default, and for a method without chains): its own, so
+    every chain samples independently. `shared`: sample `sample % samples`, so sample r of every
+    chain draws the same stream, as the reference's re-seeding before each chain did for R > 1
+    (protocol §12). Either way it depends on the row alone, never on its batch or shard."""
+    streams = settings.get("chain_streams", "independent")
+    if streams not in CHAIN_STREAMS:
+        raise ConfigError(f"chain_streams must be one of {', '.join(CHAIN_STREAMS)}, got {streams!r}")
+    return sample % int(settings["samples"]) if streams == "shared" else sample
+
+
 def all_rows(evaluation: Evaluation) -> list[Row]:
     samples = rows_per_seed(evaluation.settings)
     return [

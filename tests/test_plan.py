@@ -60,6 +60,31 @@ def test_a_thought_count_change_reaches_only_methods_that_read_it(raw):
     assert changed == {"cot-unk", "softcot"}
 
 
+def test_chain_streams_reach_only_methods_with_chains(raw):
+    """The switch reruns the SoftCoT++ table's chain methods only, never the main tables' jobs."""
+    before = Plan(Config(raw))
+    after = Plan(Config(deep_merge(raw, {"eval": {"chain_streams": "shared"}})))
+    methods = [
+        "cot",
+        "softcot",
+        "cot-sc-pp",
+        "softcot-sc-pp",
+        "softcot-p",
+        "softcot-pp-scaling",
+        "softcot-pp",
+    ]
+    assert before.evaluate("tiny", "gsm8k", "softcot-pp").settings["chain_streams"] == "independent"
+    for method in ("cot", "softcot"):
+        assert "chain_streams" not in before.evaluate("tiny", "gsm8k", method).settings
+    changed = {
+        method
+        for method in methods
+        if before.evaluate("tiny", "gsm8k", method).settings
+        != after.evaluate("tiny", "gsm8k", method).settings
+    }
+    assert changed == {"softcot-p", "softcot-pp-scaling", "softcot-pp"}
+
+
 def test_batch_size_is_runtime_only(raw):
     before = Plan(Config(raw)).evaluate("tiny", "gsm8k", "softcot")
     after = Plan(Config(deep_merge(raw, {"presets": {"tiny": {"eval": {"batch_size": 7}}}}))).evaluate(

@@ -27,7 +27,7 @@ from softcot.methods.catalog import artefacts, method_spec
 from softcot.methods.softcot import batch_loss, make_batch
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots
-from softcot.records import all_rows
+from softcot.records import all_rows, stream_sample
 from softcot.thoughts import Projector, load_projector, right_pad, save_projector
 from softcot.training import loop
 from softcot.training.loop import Step
@@ -430,6 +430,80 @@ def test_chains_get_their_own_thoughts_and_generators(tiny_base, tiny_assistant,
     for sc, p0, p1 in zip(softcot_sc, unperturbed, perturbed, strict=True):
         assert [r["outputs"] for r in sc] == [r["outputs"] for r in p0]
         assert [r["outputs"] for r in p1] != [r["outputs"] for r in p0]
+
+
+def test_the_stream_of_a_row_follows_chain_streams():
+    settings = {"samples": 2, "chains": 3}
+    assert [stream_sample(settings, s) for s in range(6)] == list(range(6))  # no key: independent
+    independent = dict(settings, chain_streams="independent")
+    assert [stream_sample(independent, s) for s in range(6)] == list(range(6))
+    shared = dict(settings, chain_streams="shared")
+    assert [stream_sample(shared, s) for s in range(6)] == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ConfigError, match="chain_streams"):
+        stream_sample(dict(settings, chain_streams="global"), 0)
+
+
+def equal_ini_job(tiny_base, tiny_assistant, examples, **overrides):
+    """SoftCoT++ with K chains whose [INI] embeddings are all chain 0's: every chain gets equal thoughts."""
+    module = module_for(tiny_base, tiny_assistant)
+    with torch.no_grad():
+        module.embedding.copy_(module.embedding[:1].expand_as(module.embedding))
+    return make_job(
+        "softcot-pp-sc",
+        tiny_base,
+        tiny_assistant,
+        examples,
+        artefact=module,
+        chains=K,
+        samples=2,
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("streams", ["shared", "independent"])
+def test_shared_streams_give_equal_chains_equal_samples(
+    streams, tiny_base, tiny_assistant, gsm8k_examples, tmp_path
+):
+    """With shared streams (the reference's re-seeding), sample r of chains fed equal thoughts is the
+    same answer; with independent ones (the default) the chains sample apart."""
+    job = equal_ini_job(tiny_base, tiny_assistant, gsm8k_examples[:2], chain_streams=streams)
+    samples = job.settings["samples"]
+    outputs = [record["outputs"] for records in run_eval(job, tmp_path) for record in records]
+    by_chain = [[row[c * samples : (c + 1) * samples] for c in range(K)] for row in outputs]
+    same = all(chains[c] == chains[0] for chains in by_chain for c in range(1, K))
+    assert same == (streams == "shared")
+
+
+def test_shared_streams_do_not_depend_on_batch_or_shard(tiny_base, tiny_assistant, gsm8k_examples, tmp_path):
+    examples = gsm8k_examples[:3]
+    rows = len(all_rows(make_job("softcot-pp-sc", tiny_base, tiny_assistant, examples, chains=K, samples=2)))
+    whole = [
+        run_eval(
+            make_job(
+                "softcot-pp-sc",
+                tiny_base,
+                tiny_assistant,
+                examples,
+                batch_size=size,
+                chains=K,
+                samples=2,
+                chain_streams="shared",
+            ),
+            tmp_path / str(size),
+        )
+        for size in (1, rows)
+    ]
+    assert whole[0] == whole[1]
+    parts = [
+        run_eval(
+            make_job(
+                "softcot-pp-sc", tiny_base, tiny_assistant, part, chains=K, samples=2, chain_streams="shared"
+            ),
+            tmp_path / f"part{i}",
+        )
+        for i, part in enumerate((examples[:1], examples[1:]))
+    ]
+    assert whole[0] == [first + rest for first, rest in zip(*parts, strict=True)]
 
 
 def test_perturbation_is_relative_to_each_thought(tiny_base):
