@@ -2,7 +2,11 @@
 # configuration in params.yaml (validated in common.smk before any job runs).
 from snakemake.utils import min_version
 
+from softcot.config import read_params
+
 min_version("9.0")
+
+read_params("params.yaml")  # a syntax error is named by line and column before Snakemake reads it
 
 
 configfile: "params.yaml"

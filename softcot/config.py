@@ -24,6 +24,24 @@ from softcot.prompts.sets import prompt_set_names
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """params.yaml as a mapping; a syntax error names its line and column (Snakemake's own loader
+    says only that the file is not valid YAML, so the Snakefile reads it here first)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """Return base with override merged in, recursively for nested dicts; override wins."""
     merged = copy.deepcopy(base)
@@ -299,14 +317,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: configuration file not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        return cls(deep_merge(raw, overrides or {}))
+        return cls(deep_merge(read_params(path), overrides or {}))
 
     # --- models -----------------------------------------------------------------------
     @property

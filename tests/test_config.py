@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softcot.config import Config, deep_merge
+from softcot.config import Config, deep_merge, read_params
 from softcot.errors import ConfigError
 from softcot.methods.catalog import method_spec
 
@@ -96,6 +96,18 @@ def test_roles_resolve_to_pairs_and_missing_roles_drop_rows(raw):
     paper = Config(deep_merge(raw, {"preset": "paper"}))
     assert paper.table("main_table")["rows"][0]["pair"] == "llama"
     assert paper.table("assistant_size")["dropped_rows"] == []
+
+
+def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path):
+    lines = PARAMS.read_text().splitlines()
+    lines[19] += " : [oops"
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ConfigError, match=r"params\.yaml:20:\d+: not valid YAML \(mapping values are not allowed"
+    ):
+        read_params(tmp_path / "params.yaml")
+    with pytest.raises(ConfigError, match=r"params\.yaml:20:"):
+        Config.load(tmp_path / "params.yaml")
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

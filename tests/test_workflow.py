@@ -87,6 +87,19 @@ def test_an_unknown_dataset_in_a_table_is_named(tmp_path):
     assert "svamp" in result.stdout + result.stderr
 
 
+def test_a_table_s_left_out_rows_are_named_once_and_only_for_that_table(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    notice = "preset 'tiny' leaves out the rows"
+    main = snakemake("-n", "reports/main_table.md", cwd=tmp_path)
+    assert main.returncode == 0 and notice not in main.stdout + main.stderr
+    both = snakemake("-n", "reports/assistant_size.md", "reports/main_table.md", cwd=tmp_path)
+    assert both.returncode == 0 and (both.stdout + both.stderr).count(notice) == 1
+    assert (
+        "assistant_size: preset 'tiny' leaves out the rows SoftCoT (medium assistant)"
+        in both.stdout + both.stderr
+    )
+
+
 def tree_state(root: Path) -> dict[str, int]:
     """Every path below `root` with its modification time (ns): what a write would change."""
     return {str(p.relative_to(root)): p.lstat().st_mtime_ns for p in sorted(root.rglob("*"))}

@@ -39,9 +39,20 @@ if workflow.is_main_process:
             "then run snakemake again: it rebuilds them and everything that used them."
         )
 
-for _table, _labels in PLAN.dropped_rows().items():
-    if _labels:
-        logger.info(f"{_table}: preset {PLAN.preset!r} leaves out the rows {', '.join(_labels)}")
+
+
+# --- tables -----------------------------------------------------------------------------------
+_NOTICED_TABLES = set()
+
+
+def table_inputs(wildcards):
+    """A table's inputs. The first time a table enters the DAG, say which of its rows the preset
+    leaves out (it lacks their pair role): once per requested table, not on every call."""
+    labels = PLAN.dropped_rows()[wildcards.table]
+    if labels and wildcards.table not in _NOTICED_TABLES:
+        _NOTICED_TABLES.add(wildcards.table)
+        logger.info(f"{wildcards.table}: preset {PLAN.preset!r} leaves out the rows {', '.join(labels)}")
+    return PLAN.table(wildcards.table).inputs
 
 
 def one_of(names):

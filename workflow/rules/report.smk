@@ -4,7 +4,7 @@
 
 rule table:
     input:
-        unpack(lambda wildcards: PLAN.table(wildcards.table).inputs),
+        unpack(table_inputs),
     output:
         md="reports/{table}.md",
         csv="reports/{table}.csv",
