@@ -242,7 +242,7 @@ def check_distinct_ini(
         what = "; ".join(" = ".join(_describe_row(model, first_row + k) for k in group) for group in groups)
         source = f"{section}.ini_rows.{backbone} = {first_row}"
         confirm = (
-            "\nConfirm on the real weights (relative distances, as recorded in the training json):\n"
+            "\nConfirm on the real weights (prints the relative distances this check computed):\n"
             '  python -c "import torch; from transformers import AutoModelForCausalLM as M; '
             f"e = M.from_pretrained({_weights_argument(model, models_dir)}).get_input_embeddings()"
             f".weight.float(); r = e[{first_row}:{first_row + chains}]; "
