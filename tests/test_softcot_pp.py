@@ -5,6 +5,9 @@ computation, the K x R vote and batch invariance of evaluation (protocol ยง12, ย
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +28,7 @@ from softcot.methods import method_class
 from softcot.methods import softcot_pp as pp
 from softcot.methods.catalog import artefacts, method_spec
 from softcot.methods.softcot import batch_loss, make_batch
+from softcot.models.registry import get_spec
 from softcot.plan import Plan
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots
 from softcot.records import all_rows, stream_sample
@@ -57,6 +61,7 @@ COMMON = {
     "chain_loss_reduction": "sum",
     # The tiny fixtures are Llama-shaped stand-ins named after the gemma3/smollm2 backbones.
     "ini_rows": {"gemma3": 20, "smollm2": 30},
+    "ini_init": "rows",
     "pair": {"assistant": "gemma-3-270m", "base": "smollm2-135m-instruct"},
     "option_format": None,
 }
@@ -235,6 +240,23 @@ def workspace(tmp_path, monkeypatch, tiny_base, tiny_assistant, gsm8k_examples):
     return tmp_path
 
 
+@pytest.fixture
+def equal_rows_assistant(tiny_assistant):
+    """A copy of the tiny assistant (a random Llama) whose rows 20..22, its [INI] rows here, are all
+    zero, as public reports say Llama 3's never-trained reserved rows are."""
+    model = copy.deepcopy(tiny_assistant.model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[20 : 20 + K] = 0.0
+    return dataclasses.replace(tiny_assistant, model=model)
+
+
+def use_assistant(monkeypatch, assistant, tiny_base) -> None:
+    models = {"gemma-3-270m": assistant, "smollm2-135m-instruct": tiny_base}
+    monkeypatch.setattr(
+        softcot.models, "load_model", lambda name, *args, **kwargs: models[name], raising=False
+    )
+
+
 def run_train(workspace: Path, settings: dict, out: str = "out") -> Path:
     artefact = method_spec(settings["kind"]).artefact.name
     directory = workspace / out
@@ -273,6 +295,16 @@ def test_training_writes_projection_and_trained_ini(workspace, tiny_base, tiny_a
     assert all(c > 0 for c in record["step_contrastive_losses"])
     after = {n: t for m in (tiny_base, tiny_assistant) for n, t in m.model.state_dict().items()}
     assert all(torch.equal(before[n], after[n]) for n in before)
+    # The initial rows' distances, relative to the table's median row norm, computed independently.
+    table = tiny_assistant.model.get_input_embeddings().weight.float()
+    median = table.norm(dim=1).median()
+    expected = torch.cdist(rows, rows) / median
+    assert record["ini_init"] == "rows" and record["ini_first_row"] == 20 and len(record["ini_tokens"]) == K
+    assert record["ini_reference_norm"] == pytest.approx(median.item(), rel=1e-5)
+    assert torch.allclose(torch.tensor(record["ini_pairwise_distances"]), expected, rtol=1e-3, atol=1e-6)
+    off_diagonal = expected[~torch.eye(K, dtype=torch.bool)]
+    assert record["ini_min_relative_distance"] == pytest.approx(off_diagonal.min().item(), rel=1e-3)
+    assert record["ini_min_relative_distance"] > pp.MIN_INI_DISTANCE
 
 
 def test_frozen_ini_stays_bit_identical_and_its_states_are_cached(workspace, tiny_assistant, monkeypatch):
@@ -325,6 +357,129 @@ def test_settings_are_checked_by_the_methods_keys(workspace):
         run_train(workspace, dict(NCE, chain_loss_reduction="max"))
     with pytest.raises(ConfigError, match="at least 2 chains"):
         run_train(workspace, dict(NCE, num_scaling_times=1))
+    with pytest.raises(ConfigError, match="ini_init"):
+        run_train(workspace, dict(NCE, ini_init="zeros"))
+
+
+# --- distinct [INI] chains -----------------------------------------------------------------------
+def test_equal_ini_rows_fail_before_any_training_step(
+    workspace, monkeypatch, equal_rows_assistant, tiny_base
+):
+    use_assistant(monkeypatch, equal_rows_assistant, tiny_base)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started on equal [INI] rows")
+
+    monkeypatch.setattr(pp, "fit_projection", must_not_train)
+    for settings, section in ((NCE, "nce-projector"), (dict(SCALING, train_ini=False), "ini-projector")):
+        with pytest.raises(ConfigError) as error:
+            run_train(workspace, settings)
+        message = str(error.value)
+        tokens = tiny_base.tokenizer.convert_ids_to_tokens([20, 21, 22])
+        assert f"rows 20 ({tokens[0]}) = 21 ({tokens[1]}) = 22 ({tokens[2]}) are equal" in message
+        assert "assistant tiny-assistant" in message and f"train.{section}.ini_rows.gemma3 = 20" in message
+        assert (
+            f"train.{section}.ini_init: mean_noise" in message and "smallest relative distance 0" in message
+        )
+        assert "r = e[20:23]" in message and "M.from_pretrained('unused/tiny-assistant')" in message
+    assert not (workspace / "out").exists() and not (workspace / "states").exists()
+
+
+def test_the_confirmation_line_loads_the_hub_model_at_its_revision(equal_rows_assistant):
+    llama = dataclasses.replace(equal_rows_assistant, spec=get_spec("llama-3.2-1b-instruct"))
+    with pytest.raises(ConfigError) as error:
+        pp.check_distinct_ini(llama, NCE, 128011, torch.zeros(K, K), Path("results/models"))
+    message = str(error.value)
+    assert "rows 128011 = 128012 = 128013 are equal" in message  # the tiny tokenizer has no such tokens
+    assert "train.nce-projector.ini_rows.llama = 128011" in message
+    assert (
+        "M.from_pretrained('meta-llama/Llama-3.2-1B-Instruct', "
+        "revision='9213176726f574b556790deb65791e0c5aa438b6').get_input_embeddings().weight.float(); "
+        "r = e[128011:128014]; print(torch.cdist(r, r) / e.norm(dim=1).median())"
+    ) in message
+
+
+def test_nearly_equal_rows_fail_and_rows_just_apart_pass(tiny_assistant):
+    direction = torch.nn.functional.normalize(
+        torch.randn(48, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    base = torch.ones(48)
+    for gap, fails in ((0.5 * pp.MIN_INI_DISTANCE, True), (2 * pp.MIN_INI_DISTANCE, False)):
+        rows = torch.stack([base, base + gap * 3.0 * direction, base + 5 * direction])
+        distances = pp.relative_distances(rows, reference_norm=3.0)
+        assert distances[0, 1].item() == pytest.approx(gap, rel=1e-5)
+        if fails:
+            with pytest.raises(
+                ConfigError, match="rows 20 \\(.*\\) = 21 \\(.*\\) are equal or nearly so \\(within 0.01"
+            ):
+                pp.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
+        else:
+            pp.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
+
+
+def test_mean_noise_trains_on_equal_rows_and_gives_distinct_chains(
+    workspace, monkeypatch, equal_rows_assistant, tiny_base, data
+):
+    use_assistant(monkeypatch, equal_rows_assistant, tiny_base)
+    # Fixed [INI] (train_ini: false): the checkpoint holds exactly the mean_noise rows.
+    settings = dict(SCALING, train_ini=False, ini_init="mean_noise")
+    out = run_train(workspace, settings, "fixed")
+    module = load_scaled_projector(out / "ini-projector.safetensors")
+    table = equal_rows_assistant.model.get_input_embeddings().weight.float()
+    median = table.norm(dim=1).median().item()
+    expected = table.mean(0) + pp.MEAN_NOISE_SCALE * median / math.sqrt(48) * torch.randn(
+        K, 48, generator=torch.Generator().manual_seed(pp_noise_seed(settings["seed"]))
+    )
+    torch.testing.assert_close(module.embedding.detach(), expected, rtol=1e-5, atol=1e-6)
+    record = json.loads((out / "ini-projector.json").read_text())
+    assert (
+        record["ini_init"] == "mean_noise"
+        and record["ini_first_row"] is None
+        and record["ini_tokens"] is None
+    )
+    # K independent draws of noise of norm ~0.1 x the median: about 0.1 x sqrt(2) apart.
+    assert 0.1 < record["ini_min_relative_distance"] < 0.2
+    cache = (
+        workspace
+        / "states"
+        / "gemma-3-270m"
+        / "paper"
+        / "gsm8k"
+        / f"train-n{N}-ini-mean-noise-s0x{K}.safetensors"
+    )
+    assert cache.is_file()
+    # The chains' thoughts differ within every example.
+    ids, mask, starts = assistant_batch(equal_rows_assistant, data, [0, 1, 2, 3])
+    with torch.no_grad():
+        thoughts = module(chain_states(equal_rows_assistant.model, ids, mask, starts, N, module.embedding))
+    for b in range(4):
+        for i in range(K):
+            for j in range(i + 1, K):
+                assert not torch.allclose(thoughts[b, i], thoughts[b, j])
+    # Trained [INI] with the contrastive term: trains, and the chains stay apart.
+    out = run_train(workspace, dict(NCE, ini_init="mean_noise"), "trained")
+    record = json.loads((out / "nce-projector.json").read_text())
+    assert record["steps"] == 4 and record["ini_max_abs_change"] > 0
+    embedding = load_scaled_projector(out / "nce-projector.safetensors").embedding.detach()
+    assert (
+        pp.relative_distances(embedding, median)[~torch.eye(K, dtype=torch.bool)].min() > pp.MIN_INI_DISTANCE
+    )
+
+
+def pp_noise_seed(seed: int) -> int:
+    """The mean_noise generator's seed, derived independently of softcot_pp's code path."""
+    return int.from_bytes(hashlib.sha256(f"ini mean_noise\x1f{seed}".encode()).digest()[:8], "big") >> 1
+
+
+def test_mean_noise_rows_are_seeded_and_leave_the_global_rng_alone():
+    mean = torch.linspace(-1, 1, 64)
+    state = torch.random.get_rng_state()
+    first = pp.mean_noise_rows(mean, 2.0, 4, seed=42)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first, pp.mean_noise_rows(mean, 2.0, 4, seed=42))
+    assert not torch.equal(first, pp.mean_noise_rows(mean, 2.0, 4, seed=43))
+    noise = (first - mean).norm(dim=1) / 2.0
+    assert torch.allclose(noise, torch.full_like(noise, pp.MEAN_NOISE_SCALE), rtol=0.3)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -537,6 +692,7 @@ def test_each_artefact_trains_with_its_own_section_only():
     assert {"contrastive_temperature", "contrastive_dropout"} <= set(nce.settings)
     assert not {"contrastive_temperature", "contrastive_dropout"} & set(scaling.settings)
     assert "num_scaling_times" not in plan.train("projector", "tiny", "gsm8k").settings
+    assert nce.settings["ini_init"] == scaling.settings["ini_init"] == "rows"  # the paper's
     check_train_settings(nce.settings, "plan")
     check_train_settings(scaling.settings, "plan")
 

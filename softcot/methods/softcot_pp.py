@@ -23,9 +23,16 @@ reference's `no_grad` + `detach` did); the LM loss over the K chains is summed (
 reference) or averaged (`mean`), never scaled by the model's size. The K chains of a batch run
 as one forward (softcot.chains); the loop is softcot.training.loop's.
 
+The [INI] start from K rows of the assistant's embedding table (`ini_init: rows`, the paper) or
+from the table's mean row plus seeded noise (`mean_noise`). Either way training first checks that
+the K starts are distinct (relative to the table's median row norm) and records their distances:
+equal rows, as Llama's never-trained reserved tokens may have, would give K identical chains, so
+the default fails loudly instead of training them (protocol §12).
+
 What is cached: with `train_ini: false` the assistant's chain states are fixed, so they are
-computed once and cached on disk like SoftCoT's (results/states/.../train-n{N}-ini{row}x{K});
-with trainable [INI] they change every step and nothing is cached (only the shared prefix above).
+computed once and cached on disk like SoftCoT's (results/states/.../train-n{N}-ini{row}x{K}, or
+-ini-mean-noise-s{seed}x{K}); with trainable [INI] they change every step and nothing is cached
+(only the shared prefix above).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from softcot.errors import ConfigError, ModelError
 from softcot.evaluate import Job, Row
 from softcot.io import sha256_file
 from softcot.methods.base import Method, assistant_inputs, longest_assistant_prompt
+from softcot.methods.catalog import method_spec
 from softcot.methods.softcot import (
     SoftCoT,
     ThoughtBatch,
@@ -62,6 +70,17 @@ from softcot.training.losses import check_frozen, supervised_loss_sum
 from softcot.training.pair_data import TrainingData, load_or_compute_states, state_cache_metadata
 
 CHAIN_LOSS_REDUCTIONS = ("sum", "mean")
+INI_INITS = ("rows", "mean_noise")
+# Two [INI] initialisations closer than this, relative to the embedding table's median row norm,
+# count as equal (protocol §12). On this scale two independent rows of the typical norm are about
+# 1.4 apart, and Gemma-3-270M's <unused2>.. rows (the tiny preset's) measured 0.16-0.84; bf16 keeps
+# 8 significant bits (a relative step of 0.4-0.8%), so rows 1% apart or less barely differ once the
+# assistant casts them to its dtype.
+MIN_INI_DISTANCE = 1e-2
+# ini_init: mean_noise draws each [INI] as the table's mean row plus Gaussian noise of expected norm
+# MEAN_NOISE_SCALE x the median row norm (SoftCoT-P's default sigma), so chains start ~0.14 apart.
+MEAN_NOISE_SCALE = 0.1
+TABLE_CHUNK = 16384  # embedding rows per chunk when the whole table is summarised
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -129,6 +148,142 @@ def ini_rows(model: Any, settings: dict[str, Any]) -> tuple[int, torch.Tensor]:
     with torch.no_grad():
         ids = torch.arange(first, first + chains, device=next(model.model.parameters()).device)
         return first, model.model.get_input_embeddings()(ids).float().cpu()
+
+
+def table_statistics(model: Any) -> tuple[torch.Tensor, float]:
+    """(mean row [H_a] in float32, median L2 norm of the rows) of the assistant's whole input
+    embedding table, as the embedding module outputs it (so in the [INI] rows' own scale).
+
+    The median norm is the "typical row norm" every [INI] distance is measured against: unlike the
+    mean, a few hundred zero rows (Llama's reserved tokens) do not move it. Chunks go through the
+    module on its device and are summed in float64 on the CPU, so any device gives the same values.
+    """
+    embedding = model.model.get_input_embeddings()
+    device = next(model.model.parameters()).device
+    total = torch.zeros(embedding.embedding_dim, dtype=torch.float64)
+    norms = []
+    with torch.no_grad():
+        for lo in range(0, embedding.num_embeddings, TABLE_CHUNK):
+            ids = torch.arange(lo, min(lo + TABLE_CHUNK, embedding.num_embeddings), device=device)
+            rows = embedding(ids).cpu().double()
+            total += rows.sum(0)
+            norms.append(rows.norm(dim=-1))
+    return (total / embedding.num_embeddings).float(), float(torch.cat(norms).median())
+
+
+def mean_noise_rows(mean: torch.Tensor, reference_norm: float, chains: int, seed: int) -> torch.Tensor:
+    """`ini_init: mean_noise`: K rows [K, H_a], each the table's mean row plus N(0, I) noise scaled
+    to an expected norm of MEAN_NOISE_SCALE x `reference_norm`. The noise comes from a CPU generator
+    seeded by (train.seed) alone, so the same seed gives the same rows on any device."""
+    digest = hashlib.sha256(f"ini mean_noise\x1f{seed}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    noise = torch.randn(chains, mean.shape[0], generator=generator)
+    return mean + MEAN_NOISE_SCALE * reference_norm / math.sqrt(mean.shape[0]) * noise
+
+
+def relative_distances(rows: torch.Tensor, reference_norm: float) -> torch.Tensor:
+    """The K x K L2 distances between the [INI] rows [K, H_a], divided by `reference_norm`
+    (computed by differences, so equal rows are exactly 0 apart)."""
+    rows = rows.double()
+    return ((rows[:, None] - rows[None]).norm(dim=-1) / reference_norm).float()
+
+
+def _weights_argument(model: Any, models_dir: Path) -> str:
+    """What `from_pretrained` takes to load this assistant's weights: its Hub repository at the pinned
+    revision where the spec names one, else the materialized directory this run loaded."""
+    source = model.spec.source
+    repo_id = getattr(source, "repo_id", None)
+    if repo_id:
+        revision = getattr(source, "revision", None)
+        return repr(repo_id) + (f", revision={revision!r}" if revision else "")
+    return repr(str(Path(models_dir) / model.spec.name))
+
+
+def _describe_row(model: Any, row: int) -> str:
+    try:
+        token = model.tokenizer.convert_ids_to_tokens(row)
+    except (IndexError, OverflowError, TypeError):
+        token = None
+    return f"{row} ({token})" if token else str(row)
+
+
+def check_distinct_ini(
+    model: Any,
+    settings: dict[str, Any],
+    first_row: int | None,
+    distances: torch.Tensor,
+    models_dir: Path,
+) -> None:
+    """Fail before any training step when two initial [INI] embeddings are (nearly) equal.
+
+    Equal [INI] give the K chains the same input, hence the same thoughts and the same LM-loss
+    gradient: they never separate, and the reference, which never trains them, would run K copies
+    of one chain. The message names the rows, the assistant, the settings that fix it and the line
+    of Python that shows the real weights' distances.
+    """
+    chains = distances.shape[0]
+    groups, grouped = [], set()
+    for i in range(chains):
+        if i in grouped:
+            continue
+        near = [j for j in range(i + 1, chains) if j not in grouped and distances[i, j] < MIN_INI_DISTANCE]
+        if near:
+            groups.append([i, *near])
+            grouped.update(near)
+    if not groups:
+        return
+    section = f"train.{method_spec(settings['kind']).artefact.name}"
+    backbone, name = model.spec.backbone, model.spec.name
+    if first_row is None:
+        what = "; ".join(" = ".join(f"chain {k}" for k in group) for group in groups)
+        source = f"{section}.ini_init = {settings['ini_init']!r}"
+        confirm = ""
+    else:
+        what = "; ".join(" = ".join(_describe_row(model, first_row + k) for k in group) for group in groups)
+        source = f"{section}.ini_rows.{backbone} = {first_row}"
+        confirm = (
+            "\nConfirm on the real weights (prints the relative distances this check computed):\n"
+            '  python -c "import torch; from transformers import AutoModelForCausalLM as M; '
+            f"e = M.from_pretrained({_weights_argument(model, models_dir)}).get_input_embeddings()"
+            f".weight.float(); r = e[{first_row}:{first_row + chains}]; "
+            'print(torch.cdist(r, r) / e.norm(dim=1).median())"'
+        )
+    smallest = float(distances[~torch.eye(chains, dtype=torch.bool)].min())
+    raise ConfigError(
+        f"the K = {chains} initial [INI] embeddings of assistant {name} ({source}) are not distinct: "
+        f"{'rows ' if first_row is not None else ''}{what} are equal or nearly so (within "
+        f"{MIN_INI_DISTANCE:g} of the embedding table's median row norm; smallest relative distance "
+        f"{smallest:.3g}). Equal [INI] give every chain the same input and gradient, "
+        f"so the chains never separate (docs/protocol.md §12). Fix: set {section}.ini_init: mean_noise "
+        f"(the table's mean row plus seeded noise), or point {section}.ini_rows.{backbone} at K distinct "
+        f"rows.{confirm}"
+    )
+
+
+def initial_ini_embeddings(
+    model: Any, settings: dict[str, Any], models_dir: Path
+) -> tuple[int | None, torch.Tensor, dict[str, Any]]:
+    """(first row or None, the K initial [INI] embeddings [K, H_a] in float32, their record entries)
+    by `ini_init`: `rows` (the paper: ini_rows) or `mean_noise`; checked distinct either way."""
+    chains = int(settings["num_scaling_times"])
+    mean, reference_norm = table_statistics(model)
+    if reference_norm <= 0:
+        raise ConfigError(f"assistant {model.spec.name}: every row of its input embeddings is zero")
+    if settings["ini_init"] == "rows":
+        first_row, rows = ini_rows(model, settings)
+    else:
+        first_row, rows = None, mean_noise_rows(mean, reference_norm, chains, int(settings["seed"]))
+    distances = relative_distances(rows, reference_norm)
+    check_distinct_ini(model, settings, first_row, distances, models_dir)
+    off_diagonal = distances[~torch.eye(chains, dtype=torch.bool)]
+    record = {
+        "ini_init": settings["ini_init"],
+        "ini_reference_norm": float(f"{reference_norm:.6g}"),
+        "ini_distance_threshold": MIN_INI_DISTANCE,
+        "ini_min_relative_distance": float(f"{float(off_diagonal.min()):.4g}") if chains > 1 else None,
+        "ini_pairwise_distances": [[float(f"{float(d):.4g}") for d in row] for row in distances],
+    }
+    return first_row, rows, record
 
 
 def compute_chain_states(
@@ -212,6 +367,8 @@ def step_loss(
 def _check_settings(settings: dict[str, Any], contrastive: bool) -> None:
     if settings["chain_loss_reduction"] not in CHAIN_LOSS_REDUCTIONS:
         raise ConfigError(f"chain_loss_reduction must be one of {CHAIN_LOSS_REDUCTIONS}")
+    if settings["ini_init"] not in INI_INITS:
+        raise ConfigError(f"ini_init must be one of {INI_INITS}")
     if int(settings["num_scaling_times"]) < 1:
         raise ConfigError("num_scaling_times must be at least 1")
     if contrastive and int(settings["num_scaling_times"]) < 2:
@@ -226,8 +383,8 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
     n, chains = settings["num_thought_tokens"], int(settings["num_scaling_times"])
     data_sha256 = sha256_file(context.train_file)
     assistant, base = context.load_pair()
+    first_row, rows, ini_record = initial_ini_embeddings(assistant, settings, context.models_dir)
     data, prompt_set = encode_pair_data(context, assistant, base)
-    first_row, rows = ini_rows(assistant, settings)
     device = next(base.model.parameters()).device
     base_dim = base.model.get_input_embeddings().embedding_dim
     dtype = MASTER_DTYPES[settings["projection_master_dtype"]]
@@ -238,13 +395,17 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
     cache_metadata = None
     cached = None
     if not settings["train_ini"]:
+        # The states depend on the [INI] rows: by first row, or by the seed of the mean_noise draw.
+        ini_source = str(first_row) if first_row is not None else f"-mean-noise-s{settings['seed']}"
         cache_metadata = dict(
             state_cache_metadata(assistant, prompt_set.name, data, n, data_sha256),
             ini_first_row=str(first_row),
             chains=str(chains),
             ini_dtype=settings["projection_master_dtype"],
         )
-        path = states_path(context, prompt_set.name, f"train-n{n}-ini{first_row}x{chains}")
+        if first_row is None:
+            cache_metadata.update(ini_init=settings["ini_init"], ini_seed=str(settings["seed"]))
+        path = states_path(context, prompt_set.name, f"train-n{n}-ini{ini_source}x{chains}")
         cached = load_or_compute_states(
             path,
             cache_metadata,
@@ -262,7 +423,12 @@ def train_scaled_projector(context: TrainingContext, contrastive: bool) -> dict[
         num_scaling_times=chains,
         contrastive=contrastive,
         ini_first_row=first_row,
-        ini_tokens=assistant.tokenizer.convert_ids_to_tokens(list(range(first_row, first_row + chains))),
+        ini_tokens=(
+            None
+            if first_row is None
+            else assistant.tokenizer.convert_ids_to_tokens(list(range(first_row, first_row + chains)))
+        ),
+        **ini_record,
     )
 
     def loss(batch: ThoughtBatch, step: Step) -> LossShare:
