@@ -13,7 +13,7 @@ import pytest
 from softcot import report, stats, tables
 from softcot.answers import extract_answer, is_correct
 from softcot.cli import main
-from softcot.errors import DataError
+from softcot.errors import ConfigError, DataError
 from softcot.io import write_json_atomic, write_jsonl_atomic
 from softcot.plan import Plan
 
@@ -34,6 +34,7 @@ def make_spec(**overrides) -> dict:
             {
                 "key": "cot",
                 "label": "Zero-Shot CoT",
+                "role": "main",
                 "pair": "p",
                 "method": "cot",
                 "seeds": SEEDS,
@@ -42,6 +43,7 @@ def make_spec(**overrides) -> dict:
             {
                 "key": "same",
                 "label": "No effect",
+                "role": "main",
                 "pair": "p",
                 "method": "cot-unk",
                 "seeds": SEEDS,
@@ -50,6 +52,7 @@ def make_spec(**overrides) -> dict:
             {
                 "key": "better",
                 "label": "Planted effect",
+                "role": "second",  # no CoT row of its own: tested against the baseline row
                 "pair": "q",
                 "method": "softcot",
                 "seeds": SEEDS,
@@ -114,13 +117,9 @@ def write_prepared(root: Path, datasets, n: int):
         write_jsonl_atomic(report.prepared_test_path(root, ds), records)
 
 
-@pytest.fixture
-def synthetic(tmp_path):
-    """Baseline and a no-effect row near 35%, a row 30 points better, on 200 examples of varied difficulty."""
-    spec = make_spec()
+def write_synthetic(tmp_path: Path, spec: dict, effects: dict[str, float], n: int = 200) -> None:
+    """Every row's files: each example correct with its difficulty plus the row's planted effect."""
     rng = np.random.default_rng(2024)
-    n = 200
-    effects = {"cot": 0.0, "same": 0.0, "better": 0.3}
     for ds in spec["datasets"]:
         difficulty = rng.uniform(0.1, 0.6, n)  # + 0.3 stays below 1: the planted effect is exactly 30 points
         for row in spec["rows"]:
@@ -128,6 +127,13 @@ def synthetic(tmp_path):
                 correct = rng.random(n) < difficulty + effects[row["key"]]
                 write_seed(tmp_path / "pred", row, ds, seed, correct)
     write_prepared(tmp_path / "prepared", spec["datasets"], n)
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """Baseline and a no-effect row near 35%, a row 30 points better, on 200 examples of varied difficulty."""
+    spec = make_spec()
+    write_synthetic(tmp_path, spec, {"cot": 0.0, "same": 0.0, "better": 0.3})
     return spec, tmp_path
 
 
@@ -165,6 +171,56 @@ def test_delta_is_the_difference_of_cell_means_and_holm_spans_the_table(syntheti
     smallest = np.argmin(raw)
     assert adjusted[smallest] == pytest.approx(min(1.0, 4 * raw[smallest]))
     assert np.all(adjusted >= raw)
+
+
+def two_role_spec() -> dict:
+    """make_spec's main role, and a second role (another pair) with its own CoT and a better row."""
+    main = [dict(row, role="main", pair="p") for row in make_spec()["rows"]]
+    second = [
+        dict(main[0], key="q-cot", label="Q Zero-Shot CoT", role="second", pair="q"),
+        dict(main[2], key="q-better", label="Q Planted effect", role="second", pair="q"),
+    ]
+    return make_spec(rows=main + second)
+
+
+def test_each_row_is_tested_against_its_own_roles_baseline_with_holm_per_role(tmp_path):
+    spec = two_role_spec()
+    effects = {"cot": 0.0, "same": 0.0, "better": 0.3, "q-cot": 0.2, "q-better": 0.3}
+    write_synthetic(tmp_path, spec, effects)
+    table = build(spec, tmp_path)
+    assert table.against == {"same": "cot", "better": "cot", "q-better": "q-cot"}
+    main_only = build(make_spec(rows=[row for row in spec["rows"] if row["role"] == "main"]), tmp_path)
+    for mode in report.MODES:
+        for key in ("same", "better"):
+            for ds in spec["datasets"]:
+                alone = main_only.comparisons[mode][key, ds]
+                assert table.comparisons[mode][key, ds].p_adjusted == alone.p_adjusted
+        for ds in spec["datasets"]:
+            own = table.accuracies(mode, "q-better", ds).mean() - table.accuracies(mode, "q-cot", ds).mean()
+            assert table.comparisons[mode]["q-better", ds].delta == pytest.approx(own)
+            assert ("q-cot", ds) not in table.comparisons[mode]
+
+    rows = {(r["row"], r["dataset"]): r for r in report.csv_rows(table)}
+    assert (
+        rows["q-better", "gsm8k"]["baseline_row"] == "q-cot" and rows["q-better", "gsm8k"]["role"] == "second"
+    )
+    assert rows["better", "aqua"]["baseline_row"] == "cot" and rows["q-cot", "aqua"]["baseline_row"] == ""
+    markdown = report.render_markdown(table)
+    assert "Difference from its own pair role's Zero-Shot CoT (Against)" in markdown
+    assert "| Q Planted effect | Q Zero-Shot CoT | " in markdown
+    assert "each row is tested against its own pair role's Zero-Shot CoT" in markdown
+    assert "Holm–Bonferroni within each role's family" in markdown
+    assert "(comparisons: 4 against Zero-Shot CoT, 2 against Q Zero-Shot CoT)" in markdown
+
+
+def test_a_role_may_have_one_row_of_the_baseline_method():
+    spec = two_role_spec()
+    spec["rows"][1]["method"] = "cot"
+    with pytest.raises(ConfigError, match=r"--settings: role 'main' has 2 rows of the baseline method 'cot'"):
+        report.check_spec(spec, "--settings")
+    del spec["rows"][3]["role"]
+    with pytest.raises(ConfigError, match=r"rows\[3\] lacks role"):
+        report.check_spec(spec, "--settings")
 
 
 def outputs(out_dir, name="synthetic") -> dict:
