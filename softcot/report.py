@@ -37,7 +37,7 @@ from softcot.tables import ALPHA, REPORT_SUFFIXES, SIGNIFICANT_MARK, Comparison,
 
 AVERAGE = "avg"
 SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset", "primary_extractor")
-ROW_KEYS = ("key", "label", "role", "pair", "method", "seeds", "limit")
+ROW_KEYS = ("key", "label", "role", "pair", "method", "seeds", "limit", "settings_sha256")
 CSV_STATS = (
     "mean",
     "std",
@@ -74,6 +74,14 @@ def check_spec(spec: Any, source: str) -> None:
         lacking = [key for key in ROW_KEYS if key not in row]
         if lacking:
             raise ConfigError(f"{source}: rows[{i}] lacks {', '.join(lacking)}")
+        fingerprints = row["settings_sha256"]
+        unnamed = [
+            ds for ds in spec["datasets"] if not isinstance(fingerprints, dict) or ds not in fingerprints
+        ]
+        if unnamed:
+            raise ConfigError(
+                f"{source}: rows[{i}].settings_sha256 names no fingerprint for {', '.join(unnamed)}"
+            )
     if spec["baseline"] not in {row["key"] for row in spec["rows"]}:
         raise ConfigError(f"{source}: baseline {spec['baseline']!r} is not a row key")
     baseline_method = _baseline_method(spec)
@@ -313,6 +321,9 @@ def render_markdown(table: Table) -> str:
         "are recomputed from each record's raw output; the evaluations recorded "
         + ", ".join(f"extractor {e} with vote {v}" for e, v in recorded)
         + ", and every stored prediction was checked against it.",
+        "Provenance: every prediction and metrics file was checked to be written for its cell (pair, "
+        "dataset, method, seed) with the settings this table's plan resolves for it (sha256 of the "
+        "settings), and each metrics file's n, correct and accuracy against its predictions.",
         f"Preset: {spec['preset']}."
         + (f" Rows the preset lacks: {', '.join(spec['dropped_rows'])}." if spec.get("dropped_rows") else ""),
         f"Code: git commit {table.commit}.",
