@@ -293,6 +293,25 @@ def _correction(table: Table) -> str:
     return f"Holm–Bonferroni within each role's family of each extractor's table (comparisons: {sizes})"
 
 
+def _small_n_note(table: Table) -> str | None:
+    """Why, at small n, a bootstrap interval can exclude 0 while the exact p is large (e.g. +20.00
+    [+6.67, +33.33], p=0.2500 on 5 examples). Shown when the table's smallest dataset has n
+    examples with 2^n <= resamples: every test there is exact, with few possible outcomes."""
+    n = min(len(cell.ids) for cell in table.cells.values())
+    if 2**n > table.resamples:
+        return None
+    return (
+        f"Small n (as few as {n} examples per dataset): an interval that excludes 0 beside a large p is "
+        "no contradiction. With m non-zero differences the exact sign-flip test counts 2^m equally "
+        "likely sign patterns, and the observed one and its mirror image always reach the observed "
+        "|sum|, so p ≥ 2/2^m: 0.25 for m = 3, 0.0625 for m = 5; no cell with fewer than 6 non-zero "
+        "differences can reach p < 0.05. The percentile bootstrap only redraws the n observed "
+        "differences, so at small n its interval is too narrow: when the m non-zero differences share "
+        "a sign, it excludes 0 once a redraw holding none of them, probability ((n−m)/n)^n, is rarer "
+        "than 2.5% (m = 3 of n = 5: 1%, while p = 0.25). Read such a cell by its p."
+    )
+
+
 def render_markdown(table: Table) -> str:
     spec, datasets = table.spec, table.spec["datasets"]
     primary, other = table.modes
@@ -348,6 +367,9 @@ def render_markdown(table: Table) -> str:
             "Avg: for each seed, the unweighted mean of the dataset accuracies; then mean ± sample std "
             "over seeds. Not tested for significance.",
         )
+    small_n = _small_n_note(table)
+    if small_n:
+        notes.insert(2, small_n)  # right after the test it qualifies
     lines += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, start=1)]
     return "\n".join(lines) + "\n"
 

@@ -303,6 +303,7 @@ def test_md_csv_json_are_consistent(synthetic):
     assert "Holm–Bonferroni over all 4 comparisons of each extractor's table" in markdown
     assert "sign-flip permutation test" in markdown and "2,000 resamples" in markdown
     assert "Seeds: 41, 42, 43." in markdown
+    assert "Small n" not in markdown  # 200 examples: 2^200 sign patterns, far more than the resamples
     assert "Examples per dataset: gsm8k 200, aqua 200." in markdown
     assert "Answers read by the **robust** extractor" in markdown
     assert "## The same cells under the reference extractor" in markdown
@@ -315,6 +316,22 @@ def test_md_csv_json_are_consistent(synthetic):
     assert re.search(r"git commit ([0-9a-f]{40}(\+dirty)?|unknown)\.", markdown)
     digest = report.sha256_file(tmp_path / "prepared" / "gsm8k" / "test.jsonl")[:12]
     assert f"gsm8k {digest}" in markdown
+
+
+def test_small_n_note_explains_an_interval_excluding_zero_beside_a_large_p(tmp_path):
+    """The tiny main table's LoRA cell: on 5 examples, one seed each gets one more example right
+    (differences 1/3 on 3 examples): the interval excludes 0, yet p = 2/2^3."""
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=make_spec()["rows"][:2])
+    for seed, extra in zip(SEEDS, (2, 3, 4), strict=True):
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, True, False, False, False])
+        write_seed(tmp_path / "pred", spec["rows"][1], "gsm8k", seed, [i < 2 or i == extra for i in range(5)])
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 5)
+    markdown = report.render_markdown(build(spec, tmp_path))
+    assert "| No effect | +20.00 [+6.67, +33.33], p=0.2500 (0.2500) |" in markdown
+    note = next(line for line in markdown.splitlines() if "Small n" in line)
+    assert note.startswith("3. Small n (as few as 5 examples per dataset)")
+    assert "p ≥ 2/2^m" in note and "(m = 3 of n = 5: 1%, while p = 0.25)" in note
+    assert (2 / 5) ** 5 < 0.025 and 2 / 2**5 > 0.05  # the note's two bounds
 
 
 def test_missing_files_are_listed_and_nothing_is_written(synthetic):
