@@ -171,7 +171,47 @@ def _cross_references(raw: dict) -> list[str]:
         for i, row in enumerate(table["rows"]):
             if row["method"] not in raw["methods"]:
                 problems.append(f"tables.{name}.rows[{i}].method: unknown method {row['method']!r}")
-    return problems + _probe_problems(raw) + _train_section_problems(raw)
+    return problems + _baseline_problems(raw) + _probe_problems(raw) + _train_section_problems(raw)
+
+
+def _baseline_problems(raw: dict) -> list[str]:
+    """Each row is tested against the row of its own pair role that evaluates the baseline row's
+    method, so each role needs at most one such row. A role with none is tested against the
+    baseline row itself only where that is the evaluation its own would be: the baseline method
+    reads no assistant, and in every preset the role's pair has the baseline row's base model
+    (assistant_size: every size shares the base, so its CoT is one evaluation)."""
+    problems = []
+    for name, table in raw["tables"].items():
+        baseline = next((row for row in table["rows"] if row["key"] == table["baseline"]), None)
+        if baseline is None or baseline["method"] not in raw["methods"]:
+            continue  # reported above
+        method = baseline["method"]
+        for role in dict.fromkeys(row["pair"] for row in table["rows"]):
+            keys = [row["key"] for row in table["rows"] if row["pair"] == role and row["method"] == method]
+            if len(keys) > 1:
+                problems.append(
+                    f"tables.{name}: role {role!r} has {len(keys)} rows of the baseline method "
+                    f"{method!r} ({', '.join(keys)}); its rows must have one to be tested against"
+                )
+            elif not keys and not _same_evaluation(raw, method, role, baseline["pair"]):
+                problems.append(
+                    f"tables.{name}: role {role!r} has no row of the baseline method {method!r}, so its "
+                    f"rows have nothing of their own pair to be tested against; add one"
+                )
+    return problems
+
+
+def _same_evaluation(raw: dict, method: str, role: str, baseline_role: str) -> bool:
+    """Whether `method` evaluated for `role` is the same as for `baseline_role` in every preset
+    that defines both: the method reads only the base model and the two pairs share it."""
+    kind = raw["methods"][method]["kind"]
+    if kind not in method_kinds() or method_spec(kind).uses_assistant:
+        return False
+    for preset in raw["presets"].values():
+        pairs = [preset["pairs"].get(preset["roles"].get(r)) for r in (role, baseline_role)]
+        if all(pairs) and pairs[0]["base"] != pairs[1]["base"]:
+            return False
+    return True
 
 
 def _trained_on_problems(raw: dict, kinds: tuple[str, ...]) -> list[str]:
@@ -371,12 +411,17 @@ class Config:
         return list(self.raw["tables"])
 
     def table(self, name: str) -> dict[str, Any]:
-        """The layout with roles resolved to pairs; rows whose role the preset lacks are dropped."""
+        """The layout with each row's role resolved to its pair (`pair`), the role kept as `role`:
+        rows are tested within their role. Rows whose role the preset lacks are dropped."""
         if name not in self.raw["tables"]:
             raise ConfigError(f"unknown table {name!r} (defined: {', '.join(self.raw['tables'])})")
         table = copy.deepcopy(self.raw["tables"][name])
         roles = self.preset["roles"]
-        table["rows"] = [dict(row, pair=roles[row["pair"]]) for row in table["rows"] if row["pair"] in roles]
+        table["rows"] = [
+            dict(row, pair=roles[row["pair"]], role=row["pair"])
+            for row in table["rows"]
+            if row["pair"] in roles
+        ]
         table["dropped_rows"] = [
             row["label"] for row in self.raw["tables"][name]["rows"] if row["pair"] not in roles
         ]

@@ -104,3 +104,14 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """Equal objects give equal strings (keys sorted), so settings compare and hash exactly."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def json_sha256(obj: Any) -> str:
+    """A short sha256 (16 hex) of an object's canonical JSON: the fingerprint of a step's settings,
+    the same whether computed from the plan or from a file that recorded them."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]

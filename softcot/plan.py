@@ -17,6 +17,7 @@ from typing import Any
 from softcot.config import Config, deep_merge
 from softcot.data.datasets import catalog, dataset_spec
 from softcot.errors import ConfigError
+from softcot.io import canonical_json, json_sha256
 from softcot.methods.catalog import MethodSpec, method_spec
 from softcot.methods.catalog import artefact as catalog_artefact
 from softcot.models.manifest import MANIFEST_NAME
@@ -41,7 +42,7 @@ class Step:
     @property
     def settings_json(self) -> str:
         """Canonical JSON: equal settings give equal strings, so Snakemake compares them exactly."""
-        return json.dumps(self.settings, sort_keys=True)
+        return canonical_json(self.settings)
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,11 @@ class Plan:
 
     # --- tables -----------------------------------------------------------------------------------
     def table_spec(self, name: str) -> dict[str, Any]:
-        """The resolved layout of table `name` with each row's evaluation seeds and the preset name."""
+        """The resolved layout of table `name` with each row's evaluation seeds and the preset name.
+
+        Each row's `settings_sha256` fingerprints, per dataset, the settings its evaluation runs
+        with: the table refuses a metrics file that recorded others (another preset, a changed
+        parameter), as a file copied from another cell would be."""
         layout = self.config.table(name)
         rows = []
         for row in layout["rows"]:
@@ -380,8 +385,18 @@ class Plan:
             if resolved.spec.artefact is not None:
                 served = {dataset: self.served_by(dataset, settings) for dataset in layout["datasets"]}
                 borrowed = {dataset: by for dataset, by in served.items() if by != dataset}
+            fingerprints = {
+                dataset: json_sha256(self.evaluate(row["pair"], dataset, row["method"]).settings)
+                for dataset in layout["datasets"]
+            }
             rows.append(
-                dict(row, seeds=list(settings["seeds"]), limit=settings["limit"], artefacts_from=borrowed)
+                dict(
+                    row,
+                    seeds=list(settings["seeds"]),
+                    limit=settings["limit"],
+                    artefacts_from=borrowed,
+                    settings_sha256=fingerprints,
+                )
             )
         return dict(layout, rows=rows, preset=self.preset, primary_extractor=self.primary_extractor)
 

@@ -2,7 +2,10 @@
 
 A prediction file keeps each example's raw output, so a table never has to trust the stored
 `prediction` and `correct`: it recomputes them with the settings the evaluation recorded (its
-metrics file) and refuses a file whose stored fields disagree, naming file, line and field. It then
+metrics file) and refuses a file whose stored fields disagree, naming file, line and field. Every
+record and metrics file must also prove it belongs to the cell it is read for (its pair, dataset,
+method and seed, and the fingerprint of the settings the plan resolves for it), so a file copied
+from another cell, seed or preset is refused rather than silently changing a cell. It then
 reads every output under both answer extractors (docs/protocol.md §9, §10, §16): `reference`
 (the paper's extractor and vote, what its numbers mean) and `robust` (this project's extractor and
 a vote that never elects "no answer"), so every cell of a table exists under both.
@@ -11,6 +14,7 @@ a vote that never elects "no answer"), so every cell of a table exists under bot
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,25 @@ import numpy as np
 
 from softcot.answers import extract_answer, is_correct
 from softcot.errors import DataError
-from softcot.io import read_jsonl
+from softcot.io import json_sha256, read_jsonl
 from softcot.voting import vote
 
 # Extractor mode -> (answer extractor, vote over samples).
 MODES = {"reference": ("reference", "reference"), "robust": ("robust", "fixed")}
-RECORD_KEYS = ("id", "output", "prediction", "gold", "correct")
+RECORD_KEYS = ("id", "dataset", "pair", "method", "seed", "output", "prediction", "gold", "correct")
+METRICS_KEYS = (
+    "pair",
+    "dataset",
+    "method",
+    "seed",
+    "n",
+    "correct",
+    "accuracy",
+    "extractor",
+    "vote",
+    "settings",
+)
+IDENTITY = ("pair", "dataset", "method", "seed")
 
 
 def prediction_path(root: str | Path, pair: str, dataset: str, method: str, seed: int) -> Path:
@@ -60,6 +77,25 @@ class TestSet:
         return set(self.order if limit is None else self.order[:limit])
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What one seed's files must have been written for: the cell and seed they are read for, and
+    the fingerprint (softcot.io.json_sha256) of the settings the plan resolves for that cell."""
+
+    pair: str
+    dataset: str
+    method: str
+    seed: int
+    settings_sha256: str
+
+    def mismatch(self, found: dict[str, Any]) -> tuple[str, Any, Any] | None:
+        """(field, expected, found) of the first identity field that differs, else None."""
+        for field in IDENTITY:
+            if found[field] != getattr(self, field):
+                return field, getattr(self, field), found[field]
+        return None
+
+
 @dataclass
 class Cell:
     """One (row, dataset): per-seed correctness of every example under each extractor mode, aligned
@@ -75,18 +111,52 @@ class Cell:
         return self.correct[mode].mean(axis=1) * 100
 
 
-def read_recorded_settings(path: Path, n_records: int) -> tuple[str, str]:
-    """(extractor, vote) from a metrics file, after checking it describes as many examples."""
+def read_recorded_settings(path: Path, n_records: int, expected: Provenance) -> dict[str, Any]:
+    """A metrics file, after checking it was written for the expected cell and seed, with the
+    expected settings, and describes as many examples as its prediction file holds."""
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a readable metrics file ({exc})") from exc
-    for key in ("extractor", "vote", "n"):
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: not a readable metrics file (not a JSON object)")
+    for key in METRICS_KEYS:
         if key not in metrics:
             raise DataError(f"{path}: lacks key {key!r}")
+    wrong = expected.mismatch(metrics)
+    if wrong:
+        field, want, found = wrong
+        raise DataError(f"{path}: key {field!r} is {found!r}, but the file is read for {field} {want!r}")
+    settings = metrics["settings"]
+    if not isinstance(settings, dict) or json_sha256(settings) != expected.settings_sha256:
+        raise DataError(
+            f"{path}: key 'settings' has fingerprint {json_sha256(settings)}, but the plan resolves "
+            f"{expected.settings_sha256} for {expected.method} of pair {expected.pair} on {expected.dataset} "
+            "(the file was written with other settings: another preset or a changed parameter)"
+        )
+    for key in ("extractor", "vote"):
+        if metrics[key] != settings.get(key):
+            raise DataError(
+                f"{path}: key {key!r} is {metrics[key]!r}, but its settings say {settings.get(key)!r}"
+            )
     if metrics["n"] != n_records:
         raise DataError(f"{path}: key 'n' is {metrics['n']} but its prediction file has {n_records} records")
-    return metrics["extractor"], metrics["vote"]
+    return metrics
+
+
+def check_figures(path: Path, metrics: dict[str, Any], correct: int) -> None:
+    """The metrics file's `correct` and `accuracy` must be its verified prediction file's."""
+    if metrics["correct"] != correct:
+        raise DataError(
+            f"{path}: key 'correct' is {metrics['correct']!r}, but its prediction file has {correct} "
+            "correct records"
+        )
+    accuracy = correct / metrics["n"]
+    if not isinstance(metrics["accuracy"], int | float) or not math.isclose(metrics["accuracy"], accuracy):
+        raise DataError(
+            f"{path}: key 'accuracy' is {metrics['accuracy']!r}, but its prediction file has "
+            f"{correct}/{metrics['n']} = {accuracy!r}"
+        )
 
 
 def _read_answer(dataset: str, outputs: list[str], extractor: str, vote_mode: str) -> str | None:
@@ -102,19 +172,26 @@ def _outputs(record: dict[str, Any], where: str) -> list[str]:
 
 
 def read_seed_file(
-    path: Path, metrics: Path, dataset: str, test: TestSet
+    path: Path, metrics_file: Path, test: TestSet, expected: Provenance
 ) -> tuple[dict[str, dict[str, bool]], tuple[str, str]]:
     """{mode: {example id: correct}} of one seed's file, each record verified, and its settings."""
     records = list(read_jsonl(path))
     if not records:
         raise DataError(f"{path}: no prediction records")
-    extractor, vote_mode = read_recorded_settings(metrics, len(records))
+    metrics = read_recorded_settings(metrics_file, len(records), expected)
+    dataset, extractor, vote_mode = expected.dataset, metrics["extractor"], metrics["vote"]
     by_mode: dict[str, dict[str, bool]] = {mode: {} for mode in MODES}
     for lineno, record in records:
         where = f"{path}:{lineno}"
         for key in RECORD_KEYS:
             if key not in record:
                 raise DataError(f"{where}: record lacks key {key!r}")
+        wrong = expected.mismatch(record)
+        if wrong:
+            field, want, found = wrong
+            raise DataError(
+                f"{where}: field {field!r} is {found!r}, but the file is read for {field} {want!r}"
+            )
         example_id = str(record["id"])
         if example_id not in test.gold:
             raise DataError(f"{where}: example {example_id!r} is not in {test.path}")
@@ -137,6 +214,7 @@ def read_seed_file(
         for mode, (mode_extractor, mode_vote) in MODES.items():
             answer = _read_answer(dataset, outputs, mode_extractor, mode_vote)
             by_mode[mode][example_id] = is_correct(dataset, answer, gold, mode_extractor)
+    check_figures(metrics_file, metrics, sum(bool(record["correct"]) for _, record in records))
     return by_mode, (extractor, vote_mode)
 
 
@@ -152,7 +230,9 @@ def id_difference(left: set[str], right: set[str]) -> str:
 
 
 def load_cell(row: dict[str, Any], dataset: str, predictions: Path, test: TestSet) -> Cell:
-    """Every seed file of a row on a dataset; each must cover exactly the examples its limit covers."""
+    """Every seed file of a row on a dataset; each must have been written for this cell and seed
+    with the settings the row's `settings_sha256` names, and cover exactly the examples its limit
+    covers."""
     expected = test.expected_ids(row["limit"])
     files: list[Path] = []
     per_seed: list[dict[str, dict[str, bool]]] = []
@@ -160,7 +240,8 @@ def load_cell(row: dict[str, Any], dataset: str, predictions: Path, test: TestSe
     for seed in row["seeds"]:
         where = (predictions, row["pair"], dataset, row["method"], seed)
         path = prediction_path(*where)
-        by_mode, recorded = read_seed_file(path, metrics_path(*where), dataset, test)
+        provenance = Provenance(row["pair"], dataset, row["method"], seed, row["settings_sha256"][dataset])
+        by_mode, recorded = read_seed_file(path, metrics_path(*where), test, provenance)
         if set(by_mode["robust"]) != expected:
             raise DataError(
                 f"{path}: does not hold the test examples of {test.path} that limit {row['limit']} covers: "

@@ -37,7 +37,7 @@ from softcot.tables import ALPHA, REPORT_SUFFIXES, SIGNIFICANT_MARK, Comparison,
 
 AVERAGE = "avg"
 SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset", "primary_extractor")
-ROW_KEYS = ("key", "label", "pair", "method", "seeds", "limit")
+ROW_KEYS = ("key", "label", "role", "pair", "method", "seeds", "limit", "settings_sha256")
 CSV_STATS = (
     "mean",
     "std",
@@ -74,10 +74,53 @@ def check_spec(spec: Any, source: str) -> None:
         lacking = [key for key in ROW_KEYS if key not in row]
         if lacking:
             raise ConfigError(f"{source}: rows[{i}] lacks {', '.join(lacking)}")
+        fingerprints = row["settings_sha256"]
+        unnamed = [
+            ds for ds in spec["datasets"] if not isinstance(fingerprints, dict) or ds not in fingerprints
+        ]
+        if unnamed:
+            raise ConfigError(
+                f"{source}: rows[{i}].settings_sha256 names no fingerprint for {', '.join(unnamed)}"
+            )
     if spec["baseline"] not in {row["key"] for row in spec["rows"]}:
         raise ConfigError(f"{source}: baseline {spec['baseline']!r} is not a row key")
+    baseline_method = _baseline_method(spec)
+    for role in dict.fromkeys(row["role"] for row in spec["rows"]):
+        keys = [
+            row["key"] for row in spec["rows"] if row["role"] == role and row["method"] == baseline_method
+        ]
+        if len(keys) > 1:
+            raise ConfigError(
+                f"{source}: role {role!r} has {len(keys)} rows of the baseline method "
+                f"{baseline_method!r} ({', '.join(keys)}); each role may have one"
+            )
     if spec["primary_extractor"] not in MODES:
         raise ConfigError(f"{source}: primary_extractor must be one of {', '.join(MODES)}")
+
+
+def _baseline_method(spec: dict[str, Any]) -> str:
+    return next(row["method"] for row in spec["rows"] if row["key"] == spec["baseline"])
+
+
+def tested_against(spec: dict[str, Any]) -> dict[str, str]:
+    """Row key -> the key of the row it is tested against: the row of its own pair role that
+    evaluates the baseline row's method, so no test crosses models. A role without one is tested
+    against the baseline row, which config validation allows only where that is the same
+    evaluation (the method reads only the base model, which the pairs share). Each role's
+    baseline row is not tested."""
+    baseline_method = _baseline_method(spec)
+    own = {row["role"]: row["key"] for row in spec["rows"] if row["method"] == baseline_method}
+    against = {row["key"]: own.get(row["role"], spec["baseline"]) for row in spec["rows"]}
+    return {key: target for key, target in against.items() if key != target}
+
+
+def families(against: dict[str, str]) -> dict[str, list[str]]:
+    """Baseline row key -> the keys of the rows tested against it: a role's family, which Holm
+    corrects within (so one role's tests do not make another's stricter)."""
+    grouped: dict[str, list[str]] = {}
+    for key, target in against.items():
+        grouped.setdefault(target, []).append(key)
+    return grouped
 
 
 # --- the table --------------------------------------------------------------------------
@@ -86,6 +129,7 @@ class Table:
     name: str
     spec: dict[str, Any]
     cells: dict[tuple[str, str], Cell]  # (row key, dataset)
+    against: dict[str, str]  # tested row key -> the key of the row it is tested against
     comparisons: dict[str, dict[tuple[str, str], Comparison]]  # extractor mode -> (row key, dataset)
     resamples: int
     commit: str
@@ -102,7 +146,14 @@ class Table:
 
     @property
     def baseline_row(self) -> dict[str, Any]:
-        return next(row for row in self.spec["rows"] if row["key"] == self.spec["baseline"])
+        return self.row(self.spec["baseline"])
+
+    def row(self, key: str) -> dict[str, Any]:
+        return next(row for row in self.spec["rows"] if row["key"] == key)
+
+    @property
+    def families(self) -> dict[str, list[str]]:
+        return families(self.against)
 
     def accuracies(self, mode: str, row_key: str, dataset: str) -> np.ndarray:
         """Per-seed accuracy (%); dataset `avg`: the unweighted mean over the datasets (the paper's Avg)."""
@@ -136,7 +187,7 @@ def build_table(
     resamples: int = stats.DEFAULT_RESAMPLES,
 ) -> Table:
     """Read and verify every input (all missing files are reported at once), then test each row
-    against the baseline under each extractor (Holm within each)."""
+    against its own pair role's baseline under each extractor (Holm within each role's family)."""
     missing = [str(path) for path in input_paths(spec, predictions, prepared) if not path.exists()]
     if missing:
         raise DataError(f"table {name}: {len(missing)} input files are missing:\n  " + "\n  ".join(missing))
@@ -146,16 +197,18 @@ def build_table(
         (row["key"], ds): load_cell(row, ds, Path(predictions), tests[ds])
         for row, ds in tqdm(work, desc=f"{name}: reading predictions", unit="cell")
     }
-    tested = [(row["key"], ds) for row, ds in work if row["key"] != spec["baseline"]]
+    against = tested_against(spec)
+    tested = [(row["key"], ds) for row, ds in work if row["key"] in against]
     comparisons: dict[str, dict[tuple[str, str], Comparison]] = {}
     for mode in MODES:
         comparisons[mode] = {
-            key: compare(cells[key], cells[spec["baseline"], key[1]], mode, resamples)
-            for key in tqdm(tested, desc=f"{name}: significance tests ({mode})", unit="test")
+            (key, ds): compare(cells[key, ds], cells[against[key], ds], mode, resamples)
+            for key, ds in tqdm(tested, desc=f"{name}: significance tests ({mode})", unit="test")
         }
-        apply_holm(comparisons[mode].values())
+        for members in families(against).values():
+            apply_holm(comparisons[mode][key, ds] for key in members for ds in spec["datasets"])
     data_hashes = {ds: sha256_file(prepared_test_path(prepared, ds))[:12] for ds in spec["datasets"]}
-    return Table(name, spec, cells, comparisons, resamples, git_commit(), data_hashes)
+    return Table(name, spec, cells, against, comparisons, resamples, git_commit(), data_hashes)
 
 
 # --- outputs ----------------------------------------------------------------------------
@@ -190,16 +243,24 @@ def _render_block(table: Table, mode: str) -> list[str]:
             cells.append(_fmt_cell(table.accuracies(mode, row["key"], AVERAGE)))
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
 
+    per_role = len(table.families) > 1
+    label = table.baseline_row["label"]
+    if per_role:
+        header = (
+            f"Difference from its own pair role's {label} (Against) in points [95% CI], p (Holm-adjusted p):"
+        )
+    else:
+        header = f"Difference from {label} in points [95% CI], p (Holm-adjusted p):"
+    columns = ["Method", *(["Against"] if per_role else []), *datasets]
+    lines += ["", header, ""]
     lines += [
-        "",
-        f"Difference from {table.baseline_row['label']} in points [95% CI], p (Holm-adjusted p):",
-        "",
+        "| " + " | ".join(columns) + " |",
+        "|:--" * (len(columns) - len(datasets)) + "|--:" * len(datasets) + "|",
     ]
-    lines += ["| Method | " + " | ".join(datasets) + " |", "|:--" + "|--:" * len(datasets) + "|"]
     for row in spec["rows"]:
-        if row["key"] == spec["baseline"]:
+        if row["key"] not in table.against:
             continue
-        cells = []
+        cells = [table.row(table.against[row["key"]])["label"]] if per_role else []
         for ds in datasets:
             c = table.comparisons[mode][row["key"], ds]
             cells.append(
@@ -209,10 +270,51 @@ def _render_block(table: Table, mode: str) -> list[str]:
     return lines
 
 
+def _against(table: Table) -> str:
+    """What the † note says a row is tested against."""
+    label = table.baseline_row["label"]
+    if len(table.families) > 1:
+        return (
+            f"the {label} row of its own pair role on the same dataset: each row is tested against its "
+            f"own pair role's {label}, never another pair's"
+        )
+    return f"{label} on the same dataset"
+
+
+def _correction(table: Table) -> str:
+    """Holm over the whole table, or within each role's family when the table has several."""
+    if len(table.families) <= 1:
+        n = len(table.comparisons[table.primary])
+        return f"Holm–Bonferroni over all {n} comparisons of each extractor's table"
+    sizes = ", ".join(
+        f"{len(members) * len(table.spec['datasets'])} against {table.row(target)['label']}"
+        for target, members in table.families.items()
+    )
+    return f"Holm–Bonferroni within each role's family of each extractor's table (comparisons: {sizes})"
+
+
+def _small_n_note(table: Table) -> str | None:
+    """Why, at small n, a bootstrap interval can exclude 0 while the exact p is large (e.g. +20.00
+    [+6.67, +33.33], p=0.2500 on 5 examples). Shown when the table's smallest dataset has n
+    examples with 2^n <= resamples: every test there is exact, with few possible outcomes."""
+    n = min(len(cell.ids) for cell in table.cells.values())
+    if 2**n > table.resamples:
+        return None
+    return (
+        f"Small n (as few as {n} examples per dataset): an interval that excludes 0 beside a large p is "
+        "no contradiction. With m non-zero differences the exact sign-flip test counts 2^m equally "
+        "likely sign patterns, and the observed one and its mirror image always reach the observed "
+        "|sum|, so p ≥ 2/2^m: 0.25 for m = 3, 0.0625 for m = 5; no cell with fewer than 6 non-zero "
+        "differences can reach p < 0.05. The percentile bootstrap only redraws the n observed "
+        "differences, so at small n its interval is too narrow: when the m non-zero differences share "
+        "a sign, it excludes 0 once a redraw holding none of them, probability ((n−m)/n)^n, is rarer "
+        "than 2.5% (m = 3 of n = 5: 1%, while p = 0.25). Read such a cell by its p."
+    )
+
+
 def render_markdown(table: Table) -> str:
     spec, datasets = table.spec, table.spec["datasets"]
     primary, other = table.modes
-    baseline_label = table.baseline_row["label"]
     lines = [f"# {spec['title']}", "", f"Answers read by the **{primary}** extractor (primary for preset "]
     lines[-1] += f"{spec['preset']}); the {other} extractor's table follows.\n"
     lines += _render_block(table, primary)
@@ -222,14 +324,13 @@ def render_markdown(table: Table) -> str:
     notes = [
         "Accuracy (%): mean ± sample standard deviation (n−1) over seeds; "
         f"{table.name}.csv also has the population standard deviation (n) and every per-seed accuracy.",
-        f"{SIGNIFICANT_MARK}: Holm-adjusted p < {ALPHA} against {baseline_label} on the same dataset. "
+        f"{SIGNIFICANT_MARK}: Holm-adjusted p < {ALPHA} against {_against(table)}. "
         "Test: two-sided paired sign-flip permutation test on per-example correctness averaged over the "
         f"seeds, examples paired by id, {table.resamples:,} resamples from numpy "
         f"default_rng({stats.DEFAULT_SEED}), "
         "p = (b+1)/(R+1); exact instead (the share of all 2^n sign flips of the n non-zero "
-        "differences, identity included) where n ≤ log2(resamples). Correction: Holm–Bonferroni over all "
-        f"{len(table.comparisons[primary])} comparisons of each extractor's table. CI: percentile bootstrap "
-        f"of the mean difference, {table.resamples:,} resamples.",
+        f"differences, identity included) where n ≤ log2(resamples). Correction: {_correction(table)}. "
+        f"CI: percentile bootstrap of the mean difference, {table.resamples:,} resamples.",
         f"Seeds: {_fmt_seeds(table)}.",
         "Examples per dataset: "
         + ", ".join(f"{ds} {len(table.cells[spec['baseline'], ds].ids)}" for ds in datasets)
@@ -239,6 +340,9 @@ def render_markdown(table: Table) -> str:
         "are recomputed from each record's raw output; the evaluations recorded "
         + ", ".join(f"extractor {e} with vote {v}" for e, v in recorded)
         + ", and every stored prediction was checked against it.",
+        "Provenance: every prediction and metrics file was checked to be written for its cell (pair, "
+        "dataset, method, seed) with the settings this table's plan resolves for it (sha256 of the "
+        "settings), and each metrics file's n, correct and accuracy against its predictions.",
         f"Preset: {spec['preset']}."
         + (f" Rows the preset lacks: {', '.join(spec['dropped_rows'])}." if spec.get("dropped_rows") else ""),
         f"Code: git commit {table.commit}.",
@@ -263,6 +367,9 @@ def render_markdown(table: Table) -> str:
             "Avg: for each seed, the unweighted mean of the dataset accuracies; then mean ± sample std "
             "over seeds. Not tested for significance.",
         )
+    small_n = _small_n_note(table)
+    if small_n:
+        notes.insert(2, small_n)  # right after the test it qualifies
     lines += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, start=1)]
     return "\n".join(lines) + "\n"
 
@@ -298,9 +405,11 @@ def csv_rows(table: Table) -> list[dict[str, Any]]:
                 "table": table.name,
                 "row": row["key"],
                 "label": row["label"],
+                "role": row["role"],
                 "pair": row["pair"],
                 "method": row["method"],
                 "dataset": ds,
+                "baseline_row": table.against.get(row["key"], "") if ds != AVERAGE else "",
                 **by_mode[table.primary],
                 "n_seeds": len(row["seeds"]),
                 "n_examples": sum(len(cell.ids) for cell in cells),

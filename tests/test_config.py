@@ -95,6 +95,7 @@ def test_roles_resolve_to_pairs_and_missing_roles_drop_rows(raw):
     assert table["dropped_rows"] == ["SoftCoT (medium assistant)"]
     paper = Config(deep_merge(raw, {"preset": "paper"}))
     assert paper.table("main_table")["rows"][0]["pair"] == "llama"
+    assert paper.table("main_table")["rows"][0]["role"] == "main"  # kept: rows are tested within it
     assert paper.table("assistant_size")["dropped_rows"] == []
 
 
@@ -108,6 +109,33 @@ def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path):
         read_params(tmp_path / "params.yaml")
     with pytest.raises(ConfigError, match=r"params\.yaml:20:"):
         Config.load(tmp_path / "params.yaml")
+
+
+def test_each_role_of_a_table_has_its_baseline_row(raw):
+    """A row is tested against its own role's row of the baseline method: a role without one
+    (whose pair has another base) or with two is refused, naming the table and the role."""
+    rows = raw["tables"]["softcot_pp"]["rows"]
+    raw["tables"]["softcot_pp"]["rows"] = [row for row in rows if row["key"] != "qwen3-cot-sc"]
+    with pytest.raises(ConfigError, match=r"tables\.softcot_pp: role 'qwen3' has no row of the baseline"):
+        Config(raw)
+    raw["tables"]["softcot_pp"]["rows"] = rows
+    raw["tables"]["main_table"]["rows"].append(
+        {"key": "cot2", "label": "Again", "pair": "main", "method": "cot"}
+    )
+    with pytest.raises(
+        ConfigError, match=r"tables\.main_table: role 'main' has 2 rows of the baseline method"
+    ):
+        Config(raw)
+
+
+def test_a_role_sharing_the_base_may_use_the_baseline_row(raw):
+    """assistant_size: every assistant size has the same base, and CoT reads only the base, so
+    the larger assistants' rows are tested against the small one's CoT; not so for a method
+    that reads the assistant."""
+    Config(raw)
+    raw["tables"]["assistant_size"]["rows"][0]["method"] = "assist-cot"
+    with pytest.raises(ConfigError, match=r"tables\.assistant_size: role 'size_large' has no row"):
+        Config(raw)
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

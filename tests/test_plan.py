@@ -3,6 +3,7 @@ the ones the rules declare."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from softcot.config import Config, deep_merge
 from softcot.errors import ConfigError
+from softcot.io import canonical_json, json_sha256
 from softcot.methods import method_class
 from softcot.methods.catalog import method_kinds
 from softcot.plan import Plan, check_keys, eval_setting_keys, parse_settings
@@ -152,6 +154,22 @@ def test_table_reads_every_row_and_dataset(plan):
     paper = Plan(Config(deep_merge(plan.config.raw, {"preset": "paper"})))
     assert len(paper.table("main_table").inputs["predictions"]) == 6 * 5 * len(paper.seeds)
     assert step.outputs["png"] == "reports/main_table.png"
+
+
+def test_table_spec_fingerprints_each_cells_evaluation_settings(plan, raw):
+    """The fingerprint a table checks each metrics file against: the evaluation's settings, per
+    dataset, so another preset's file with the same limit is told apart."""
+    rows = {row["key"]: row for row in plan.table_spec("main_table")["rows"]}
+    for dataset in ("gsm8k", "aqua"):
+        settings = plan.evaluate("tiny", dataset, "softcot").settings
+        assert rows["softcot"]["settings_sha256"][dataset] == json_sha256(
+            json.loads(canonical_json(settings))
+        )
+    assert rows["softcot"]["settings_sha256"]["gsm8k"] != rows["softcot"]["settings_sha256"]["aqua"]
+    raw["presets"]["tiny"]["eval"]["max_new_tokens"] = 64
+    other = {row["key"]: row for row in Plan(Config(raw)).table_spec("main_table")["rows"]}
+    assert other["softcot"]["limit"] == rows["softcot"]["limit"]
+    assert other["softcot"]["settings_sha256"]["gsm8k"] != rows["softcot"]["settings_sha256"]["gsm8k"]
 
 
 def test_hand_written_settings_are_checked_by_key():

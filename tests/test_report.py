@@ -13,12 +13,30 @@ import pytest
 from softcot import report, stats, tables
 from softcot.answers import extract_answer, is_correct
 from softcot.cli import main
-from softcot.errors import DataError
-from softcot.io import write_json_atomic, write_jsonl_atomic
+from softcot.errors import ConfigError, DataError
+from softcot.io import json_sha256, write_json_atomic, write_jsonl_atomic
 from softcot.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [41, 42, 43]
+
+
+def synthetic_settings(pair: str, method: str, dataset: str) -> dict:
+    """What a synthetic cell's metrics file records as its evaluation settings."""
+    return {
+        "kind": method,
+        "pair": {"base": pair},
+        "option_format": dataset,
+        "extractor": "robust",
+        "vote": "fixed",
+    }
+
+
+def make_row(key: str, label: str, role: str, pair: str, method: str, **extra) -> dict:
+    """A resolved row, fingerprinting the synthetic settings of each dataset as the plan does."""
+    fingerprints = {ds: json_sha256(synthetic_settings(pair, method, ds)) for ds in GOLD}
+    row = {"key": key, "label": label, "role": role, "pair": pair, "method": method, "seeds": SEEDS}
+    return row | {"limit": None, "settings_sha256": fingerprints} | extra
 
 
 def make_spec(**overrides) -> dict:
@@ -31,31 +49,10 @@ def make_spec(**overrides) -> dict:
         "primary_extractor": "robust",
         "dropped_rows": ["Left out"],
         "rows": [
-            {
-                "key": "cot",
-                "label": "Zero-Shot CoT",
-                "pair": "p",
-                "method": "cot",
-                "seeds": SEEDS,
-                "limit": None,
-            },
-            {
-                "key": "same",
-                "label": "No effect",
-                "pair": "p",
-                "method": "cot-unk",
-                "seeds": SEEDS,
-                "limit": None,
-            },
-            {
-                "key": "better",
-                "label": "Planted effect",
-                "pair": "q",
-                "method": "softcot",
-                "seeds": SEEDS,
-                "limit": None,
-                "artefacts_from": {"aqua": "gsm8k"},
-            },
+            make_row("cot", "Zero-Shot CoT", "main", "p", "cot"),
+            make_row("same", "No effect", "main", "p", "cot-unk"),
+            # No CoT row of its own role: tested against the baseline row.
+            make_row("better", "Planted effect", "second", "q", "softcot", artefacts_from={"aqua": "gsm8k"}),
         ],
     }
     return spec | overrides
@@ -68,9 +65,12 @@ def boxed(answer: str) -> str:
     return f"... the final answer is: $\\boxed{{{answer}}}$."
 
 
-def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None, outputs=None):
-    """A prediction file as the evaluation writes it (robust extractor, fixed vote); `outputs`
-    overrides the raw outputs (default: the gold answer boxed when correct, a wrong one otherwise)."""
+def write_seed(
+    root: Path, row: dict, dataset: str, seed: int, correct, ids=None, outputs=None, settings=None
+):
+    """A prediction and a metrics file as the evaluation writes them (robust extractor, fixed vote);
+    `outputs` overrides the raw outputs (default: the gold answer boxed when correct, a wrong one
+    otherwise), `settings` the recorded settings (default: the synthetic ones of the row's cell)."""
     ids = ids or [f"{dataset}-{i:04d}" for i in range(len(correct))]
     gold, wrong = GOLD[dataset]
     outputs = outputs or [boxed(gold if ok else wrong) for ok in correct]
@@ -93,17 +93,23 @@ def write_seed(root: Path, row: dict, dataset: str, seed: int, correct, ids=None
         )
     where = (root, row["pair"], dataset, row["method"], seed)
     write_jsonl_atomic(report.prediction_path(*where), records)
+    correct_count = sum(r["correct"] for r in records)
     write_json_atomic(
         report.metrics_path(*where),
         {
-            "accuracy": float(np.mean([r["correct"] for r in records])),
+            "pair": row["pair"],
+            "dataset": dataset,
+            "method": row["method"],
+            "seed": seed,
             "n": len(records),
+            "correct": correct_count,
+            "accuracy": correct_count / len(records),
             "extraction_failures": 0,
             "mean_generated_tokens": 12.0,
             "tokens_per_second": 3.5,
             "extractor": "robust",
             "vote": "fixed",
-            "settings": {"temperature": 1.0},
+            "settings": settings or synthetic_settings(row["pair"], row["method"], dataset),
         },
     )
 
@@ -114,13 +120,9 @@ def write_prepared(root: Path, datasets, n: int):
         write_jsonl_atomic(report.prepared_test_path(root, ds), records)
 
 
-@pytest.fixture
-def synthetic(tmp_path):
-    """Baseline and a no-effect row near 35%, a row 30 points better, on 200 examples of varied difficulty."""
-    spec = make_spec()
+def write_synthetic(tmp_path: Path, spec: dict, effects: dict[str, float], n: int = 200) -> None:
+    """Every row's files: each example correct with its difficulty plus the row's planted effect."""
     rng = np.random.default_rng(2024)
-    n = 200
-    effects = {"cot": 0.0, "same": 0.0, "better": 0.3}
     for ds in spec["datasets"]:
         difficulty = rng.uniform(0.1, 0.6, n)  # + 0.3 stays below 1: the planted effect is exactly 30 points
         for row in spec["rows"]:
@@ -128,6 +130,13 @@ def synthetic(tmp_path):
                 correct = rng.random(n) < difficulty + effects[row["key"]]
                 write_seed(tmp_path / "pred", row, ds, seed, correct)
     write_prepared(tmp_path / "prepared", spec["datasets"], n)
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """Baseline and a no-effect row near 35%, a row 30 points better, on 200 examples of varied difficulty."""
+    spec = make_spec()
+    write_synthetic(tmp_path, spec, {"cot": 0.0, "same": 0.0, "better": 0.3})
     return spec, tmp_path
 
 
@@ -165,6 +174,59 @@ def test_delta_is_the_difference_of_cell_means_and_holm_spans_the_table(syntheti
     smallest = np.argmin(raw)
     assert adjusted[smallest] == pytest.approx(min(1.0, 4 * raw[smallest]))
     assert np.all(adjusted >= raw)
+
+
+def two_role_spec() -> dict:
+    """make_spec's main role, and a second role (another pair) with its own CoT and a better row."""
+    return make_spec(
+        rows=[
+            make_row("cot", "Zero-Shot CoT", "main", "p", "cot"),
+            make_row("same", "No effect", "main", "p", "cot-unk"),
+            make_row("better", "Planted effect", "main", "p", "softcot"),
+            make_row("q-cot", "Q Zero-Shot CoT", "second", "q", "cot"),
+            make_row("q-better", "Q Planted effect", "second", "q", "softcot"),
+        ]
+    )
+
+
+def test_each_row_is_tested_against_its_own_roles_baseline_with_holm_per_role(tmp_path):
+    spec = two_role_spec()
+    effects = {"cot": 0.0, "same": 0.0, "better": 0.3, "q-cot": 0.2, "q-better": 0.3}
+    write_synthetic(tmp_path, spec, effects)
+    table = build(spec, tmp_path)
+    assert table.against == {"same": "cot", "better": "cot", "q-better": "q-cot"}
+    main_only = build(make_spec(rows=[row for row in spec["rows"] if row["role"] == "main"]), tmp_path)
+    for mode in report.MODES:
+        for key in ("same", "better"):
+            for ds in spec["datasets"]:
+                alone = main_only.comparisons[mode][key, ds]
+                assert table.comparisons[mode][key, ds].p_adjusted == alone.p_adjusted
+        for ds in spec["datasets"]:
+            own = table.accuracies(mode, "q-better", ds).mean() - table.accuracies(mode, "q-cot", ds).mean()
+            assert table.comparisons[mode]["q-better", ds].delta == pytest.approx(own)
+            assert ("q-cot", ds) not in table.comparisons[mode]
+
+    rows = {(r["row"], r["dataset"]): r for r in report.csv_rows(table)}
+    assert (
+        rows["q-better", "gsm8k"]["baseline_row"] == "q-cot" and rows["q-better", "gsm8k"]["role"] == "second"
+    )
+    assert rows["better", "aqua"]["baseline_row"] == "cot" and rows["q-cot", "aqua"]["baseline_row"] == ""
+    markdown = report.render_markdown(table)
+    assert "Difference from its own pair role's Zero-Shot CoT (Against)" in markdown
+    assert "| Q Planted effect | Q Zero-Shot CoT | " in markdown
+    assert "each row is tested against its own pair role's Zero-Shot CoT" in markdown
+    assert "Holm–Bonferroni within each role's family" in markdown
+    assert "(comparisons: 4 against Zero-Shot CoT, 2 against Q Zero-Shot CoT)" in markdown
+
+
+def test_a_role_may_have_one_row_of_the_baseline_method():
+    spec = two_role_spec()
+    spec["rows"][1]["method"] = "cot"
+    with pytest.raises(ConfigError, match=r"--settings: role 'main' has 2 rows of the baseline method 'cot'"):
+        report.check_spec(spec, "--settings")
+    del spec["rows"][3]["role"]
+    with pytest.raises(ConfigError, match=r"rows\[3\] lacks role"):
+        report.check_spec(spec, "--settings")
 
 
 def outputs(out_dir, name="synthetic") -> dict:
@@ -241,6 +303,7 @@ def test_md_csv_json_are_consistent(synthetic):
     assert "Holm–Bonferroni over all 4 comparisons of each extractor's table" in markdown
     assert "sign-flip permutation test" in markdown and "2,000 resamples" in markdown
     assert "Seeds: 41, 42, 43." in markdown
+    assert "Small n" not in markdown  # 200 examples: 2^200 sign patterns, far more than the resamples
     assert "Examples per dataset: gsm8k 200, aqua 200." in markdown
     assert "Answers read by the **robust** extractor" in markdown
     assert "## The same cells under the reference extractor" in markdown
@@ -253,6 +316,22 @@ def test_md_csv_json_are_consistent(synthetic):
     assert re.search(r"git commit ([0-9a-f]{40}(\+dirty)?|unknown)\.", markdown)
     digest = report.sha256_file(tmp_path / "prepared" / "gsm8k" / "test.jsonl")[:12]
     assert f"gsm8k {digest}" in markdown
+
+
+def test_small_n_note_explains_an_interval_excluding_zero_beside_a_large_p(tmp_path):
+    """The tiny main table's LoRA cell: on 5 examples, one seed each gets one more example right
+    (differences 1/3 on 3 examples): the interval excludes 0, yet p = 2/2^3."""
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=make_spec()["rows"][:2])
+    for seed, extra in zip(SEEDS, (2, 3, 4), strict=True):
+        write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, True, False, False, False])
+        write_seed(tmp_path / "pred", spec["rows"][1], "gsm8k", seed, [i < 2 or i == extra for i in range(5)])
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 5)
+    markdown = report.render_markdown(build(spec, tmp_path))
+    assert "| No effect | +20.00 [+6.67, +33.33], p=0.2500 (0.2500) |" in markdown
+    note = next(line for line in markdown.splitlines() if "Small n" in line)
+    assert note.startswith("3. Small n (as few as 5 examples per dataset)")
+    assert "p ≥ 2/2^m" in note and "(m = 3 of n = 5: 1%, while p = 0.25)" in note
+    assert (2 / 5) ** 5 < 0.025 and 2 / 2**5 > 0.05  # the note's two bounds
 
 
 def test_missing_files_are_listed_and_nothing_is_written(synthetic):
@@ -299,16 +378,21 @@ def test_every_seed_must_hold_every_test_example_once(tmp_path):
         build(spec, tmp_path)
 
 
+# A record of seed 41 of the `cot` row on GSM8K that reads no answer (its id added per test).
+EMPTY_RECORD = {"dataset": "gsm8k", "pair": "p", "method": "cot", "seed": 41, "output": ""}
+EMPTY_RECORD |= {"prediction": None, "gold": "1", "correct": False}
+
+
 @pytest.mark.parametrize(
     ("broken_line", "message"),
     [
         ('{"correct": true}', r"seed41\.jsonl:2: record lacks key 'id'"),
         (
-            '{"id": "gsm8k-0000", "output": "", "prediction": null, "gold": "1", "correct": false}',
+            json.dumps({"id": "gsm8k-0000", **EMPTY_RECORD}),
             r"seed41\.jsonl:2: duplicate example id 'gsm8k-0000'",
         ),
         (
-            '{"id": "gsm8k-9999", "output": "", "prediction": null, "gold": "1", "correct": false}',
+            json.dumps({"id": "gsm8k-9999", **EMPTY_RECORD}),
             r"seed41\.jsonl:2: example 'gsm8k-9999' is not in .*test\.jsonl",
         ),
     ],
@@ -320,7 +404,7 @@ def test_bad_prediction_records_name_file_and_line(tmp_path, broken_line, messag
     path = report.prediction_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
     path.write_text(path.read_text() + broken_line + "\n")
     metrics = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
-    metrics.write_text(json.dumps(dict(json.loads(metrics.read_text()), n=2)))
+    metrics.write_text(json.dumps(dict(json.loads(metrics.read_text()), n=2, accuracy=0.5)))
     write_prepared(tmp_path / "prepared", ["gsm8k"], 1)
     with pytest.raises(DataError, match=message):
         build(spec, tmp_path)
@@ -346,6 +430,86 @@ def test_an_edited_prediction_file_is_refused(tmp_path, field, value, message):
     write_prepared(tmp_path / "prepared", ["gsm8k"], 3)
     with pytest.raises(DataError, match=message):
         build(spec, tmp_path)
+
+
+def two_row_cells(tmp_path: Path) -> dict:
+    """CoT and CoT-UNK on GSM8K, three examples per seed; returns the spec."""
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=make_spec()["rows"][:2])
+    for row in spec["rows"]:
+        for seed in SEEDS:
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, [True, seed == 42, row["key"] == "cot"])
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 3)
+    return spec
+
+
+def copy_seed(tmp_path: Path, source: tuple, target: tuple, files=("predictions", "metrics")) -> None:
+    """Copy one seed's files, (pair, dataset, method, seed), over another's, as by hand."""
+    for name in files:
+        path = {"predictions": report.prediction_path, "metrics": report.metrics_path}[name]
+        path(tmp_path / "pred", *target).write_bytes(path(tmp_path / "pred", *source).read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (("predictions", "metrics"), r"cot-unk/seed41\.metrics\.json: key 'method' is 'cot', but"),
+        (("predictions",), r"cot-unk/seed41\.jsonl:1: field 'method' is 'cot', but"),
+    ],
+)
+def test_another_methods_file_copied_into_a_cell_is_refused(tmp_path, files, message):
+    spec = two_row_cells(tmp_path)
+    copy_seed(tmp_path, ("p", "gsm8k", "cot", 41), ("p", "gsm8k", "cot-unk", 41), files)
+    with pytest.raises(DataError, match=message + " the file is read for method 'cot-unk'"):
+        build(spec, tmp_path)
+
+
+def test_another_seeds_file_copied_over_a_seed_is_refused(tmp_path):
+    spec = two_row_cells(tmp_path)
+    copy_seed(tmp_path, ("p", "gsm8k", "cot", 41), ("p", "gsm8k", "cot", 42))
+    with pytest.raises(DataError, match=r"cot/seed42\.metrics\.json: key 'seed' is 41, but .* seed 42"):
+        build(spec, tmp_path)
+    copy_seed(tmp_path, ("p", "gsm8k", "cot", 43), ("p", "gsm8k", "cot", 42), ("metrics",))
+    with pytest.raises(DataError, match=r"cot/seed42\.metrics\.json: key 'seed' is 43"):
+        build(spec, tmp_path)
+
+
+def test_a_file_of_other_settings_with_the_same_limit_is_refused(tmp_path):
+    """Another preset's evaluation of the same cell and limit (here: more new tokens) differs in
+    its settings fingerprint."""
+    spec = two_row_cells(tmp_path)
+    row = spec["rows"][1]
+    other = synthetic_settings("p", "cot-unk", "gsm8k") | {"max_new_tokens": 512}
+    write_seed(tmp_path / "pred", row, "gsm8k", 43, [True, False, False], settings=other)
+    expected = row["settings_sha256"]["gsm8k"]
+    message = rf"cot-unk/seed43\.metrics\.json: key 'settings' has fingerprint {json_sha256(other)}, "
+    with pytest.raises(DataError, match=message + rf"but the plan resolves {expected}"):
+        build(spec, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"correct": 3}, r"seed41\.metrics\.json: key 'correct' is 3, but its prediction file has 2 correct"),
+        ({"accuracy": 1.0}, r"seed41\.metrics\.json: key 'accuracy' is 1\.0, but .* 2/3"),
+        (
+            {"extractor": "reference"},
+            r"seed41\.metrics\.json: key 'extractor' is 'reference', but its settings",
+        ),
+    ],
+)
+def test_metrics_figures_must_be_those_of_the_predictions(tmp_path, edit, message):
+    spec = two_row_cells(tmp_path)
+    path = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 41)
+    path.write_text(json.dumps(json.loads(path.read_text()) | edit))
+    with pytest.raises(DataError, match=message):
+        build(spec, tmp_path)
+
+
+def test_the_table_spec_fingerprints_each_cells_settings(tmp_path):
+    spec = make_spec()
+    del spec["rows"][0]["settings_sha256"]["aqua"]
+    with pytest.raises(ConfigError, match=r"rows\[0\]\.settings_sha256 names no fingerprint for aqua"):
+        report.check_spec(spec, "--settings")
 
 
 def test_both_extractors_are_computed_from_the_raw_outputs(tmp_path):
@@ -377,23 +541,27 @@ def test_metrics_must_describe_the_prediction_file(tmp_path):
         write_seed(tmp_path / "pred", spec["rows"][0], "gsm8k", seed, [True, False])
     write_prepared(tmp_path / "prepared", ["gsm8k"], 2)
     metrics = report.metrics_path(tmp_path / "pred", "p", "gsm8k", "cot", 42)
-    metrics.write_text(json.dumps({"n": 3, "extractor": "robust", "vote": "fixed"}))
+    recorded = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(dict(recorded, n=3)))
     with pytest.raises(DataError, match=r"seed42\.metrics\.json: key 'n' is 3 but .* has 2 records"):
         build(spec, tmp_path)
-    metrics.write_text(json.dumps({"n": 2}))
+    del recorded["extractor"]
+    metrics.write_text(json.dumps(recorded))
     with pytest.raises(DataError, match=r"seed42\.metrics\.json: lacks key 'extractor'"):
         build(spec, tmp_path)
 
 
 def test_cli_with_params_writes_plot_table(tmp_path):
     """The thought-token table of the repository's params.yaml, whose rows have x, gets a PNG."""
-    spec = Plan.load(REPO / "params.yaml").table_spec("thought_tokens")
+    plan = Plan.load(REPO / "params.yaml")
+    spec = plan.table_spec("thought_tokens")
     assert all("x" in row for row in spec["rows"][1:]) and all(row["seeds"] for row in spec["rows"])
     rng = np.random.default_rng(5)
     n = spec["rows"][0]["limit"]  # the tiny preset's evaluations cover the first `limit` examples
     for row in spec["rows"]:
         for seed in row["seeds"]:
-            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(n) < 0.5)
+            settings = plan.evaluate(row["pair"], "gsm8k", row["method"]).settings
+            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(n) < 0.5, settings=settings)
     write_prepared(tmp_path / "prepared", ["gsm8k"], n + 3)
     out = tmp_path / "reports"
     args = ["table", "--table", "thought_tokens", "--params", str(REPO / "params.yaml")]
