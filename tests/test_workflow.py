@@ -100,6 +100,18 @@ def test_a_table_s_left_out_rows_are_named_once_and_only_for_that_table(tmp_path
     )
 
 
+def test_a_failing_job_prints_its_own_error_on_the_console(tmp_path):
+    """A plain `snakemake --cores 1 TARGET`: the job's reason (in its log) reaches the console."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    train = tmp_path / "data" / "prepared" / "gsm8k" / "train.jsonl"
+    train.parent.mkdir(parents=True)
+    train.write_text('{"id": "a"}\n{broken\n')
+    result = snakemake("--cores", "1", "results/probe/data/gsm8k/fit.jsonl", cwd=tmp_path)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "softcot probe: error: data/prepared/gsm8k/train.jsonl:2: not valid JSON" in out
+
+
 def tree_state(root: Path) -> dict[str, int]:
     """Every path below `root` with its modification time (ns): what a write would change."""
     return {str(p.relative_to(root)): p.lstat().st_mtime_ns for p in sorted(root.rglob("*"))}

@@ -2,6 +2,7 @@
 # and the small functions the rules call. The other .smk files hold rules only.
 import json
 import re
+from pathlib import Path
 
 from snakemake.logging import logger
 
@@ -39,6 +40,28 @@ if workflow.is_main_process:
             "then run snakemake again: it rebuilds them and everything that used them."
         )
 
+
+
+# --- a failing job says why, on the console ------------------------------------------------------
+def failed_job_errors(snakemake_logs):
+    """What each failed job said about its failure, from its own log: Snakemake prints only the
+    log's path. A `softcot` command writes one `softcot COMMAND: error: ...` line; for anything
+    else, the log's last lines. `snakemake_logs`: the run's log file (a path or a list of them)."""
+    errors = []
+    paths = [snakemake_logs] if isinstance(snakemake_logs, str) else snakemake_logs
+    text = "".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in paths)
+    for logs in re.findall(r"^\s*log: (.+) \(check log file\(s\) for error details\)$", text, re.MULTILINE):
+        for job_log in logs.split(", "):
+            path = Path(job_log)
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+            own = [line for line in lines if re.match(r"softcot [\w-]+: error: ", line)]
+            errors += [f"{job_log}: {line}" for line in own or lines[-10:]]
+    return errors
+
+
+onerror:
+    for _line in failed_job_errors(log):
+        logger.error(_line)
 
 
 # --- tables -----------------------------------------------------------------------------------
