@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from softcot.chains import ScaledProjector
 from softcot.generate import left_pad
 from softcot.methods import softcot_pp as pp
+from softcot.methods import softcot_pp_ini as ini
 from softcot.methods.softcot import make_batch
 from softcot.models.load import LoadedModel, resolve_token_ids
 from softcot.models.registry import get_spec
@@ -188,7 +189,7 @@ def test_softcot_pp_step_on_qwen3_shaped_models(paper, tokenizer):
         "num_thought_tokens": TRAIN_N, "num_scaling_times": 3, "ini_rows": {"qwen3": 150001},
         "chain_loss_reduction": "sum", "contrastive_temperature": 0.05, "contrastive_dropout": 0.5,
     }  # fmt: skip
-    first, rows = pp.ini_rows(assistant, settings)
+    first, rows = ini.ini_rows(assistant, settings)
     assert first == 150001 and rows.shape == (3, 32)
     module = ScaledProjector.initialised(rows, 64, seed=0, dtype=torch.float32)
     batch = make_batch(base, data, [0, 1, 2], TRAIN_N)

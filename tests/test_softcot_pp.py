@@ -26,6 +26,7 @@ from softcot.errors import ConfigError, ModelError
 from softcot.io import load_jsonl, write_jsonl_atomic
 from softcot.methods import method_class
 from softcot.methods import softcot_pp as pp
+from softcot.methods import softcot_pp_ini as ini
 from softcot.methods.catalog import artefacts, method_spec
 from softcot.methods.softcot import batch_loss, make_batch
 from softcot.models.registry import get_spec
@@ -88,7 +89,7 @@ def data(paper, tiny_base, tiny_assistant, gsm8k_examples):
 
 
 def module_for(tiny_base, tiny_assistant, chains: int = K, seed: int = 0) -> ScaledProjector:
-    _, rows = pp.ini_rows(tiny_assistant, dict(COMMON, num_scaling_times=chains))
+    _, rows = ini.ini_rows(tiny_assistant, dict(COMMON, num_scaling_times=chains))
     return ScaledProjector.initialised(rows, tiny_base.model.config.hidden_size, seed, torch.float32)
 
 
@@ -102,13 +103,13 @@ def assistant_batch(tiny_assistant, data, indices):
 
 # --- the chains ----------------------------------------------------------------------------------
 def test_ini_rows_are_the_assistants_own_embeddings(tiny_assistant):
-    first, rows = pp.ini_rows(tiny_assistant, COMMON)
+    first, rows = ini.ini_rows(tiny_assistant, COMMON)
     table = tiny_assistant.model.get_input_embeddings().weight
     assert first == 20 and torch.equal(rows, table[20 : 20 + K].float())
     with pytest.raises(ConfigError, match="no first \\[INI\\] row for backbone 'gemma3'"):
-        pp.ini_rows(tiny_assistant, dict(COMMON, ini_rows={"llama": 128011}))
+        ini.ini_rows(tiny_assistant, dict(COMMON, ini_rows={"llama": 128011}))
     with pytest.raises(ConfigError, match="outside the vocabulary"):
-        pp.ini_rows(tiny_assistant, dict(COMMON, ini_rows={"gemma3": len(table) - 1}))
+        ini.ini_rows(tiny_assistant, dict(COMMON, ini_rows={"gemma3": len(table) - 1}))
 
 
 def test_chain_states_are_each_chain_run_alone_and_differ(tiny_base, tiny_assistant, data):
@@ -285,7 +286,7 @@ def test_training_writes_projection_and_trained_ini(workspace, tiny_base, tiny_a
         assert sorted(f.keys()) == ["bias", "embedding", "weight"] and not f.metadata()
         assert f.get_tensor("embedding").shape == (K, 48) and f.get_tensor("weight").shape == (32, 48)
         embedding = f.get_tensor("embedding")
-    _, rows = pp.ini_rows(tiny_assistant, COMMON)
+    _, rows = ini.ini_rows(tiny_assistant, COMMON)
     assert not torch.equal(embedding, rows)  # train_ini: the [INI] embeddings moved
     record = json.loads((out / "nce-projector.json").read_text())
     assert record["settings"] == NCE and record["contrastive"] and record["num_scaling_times"] == K
@@ -304,7 +305,7 @@ def test_training_writes_projection_and_trained_ini(workspace, tiny_base, tiny_a
     assert torch.allclose(torch.tensor(record["ini_pairwise_distances"]), expected, rtol=1e-3, atol=1e-6)
     off_diagonal = expected[~torch.eye(K, dtype=torch.bool)]
     assert record["ini_min_relative_distance"] == pytest.approx(off_diagonal.min().item(), rel=1e-3)
-    assert record["ini_min_relative_distance"] > pp.MIN_INI_DISTANCE
+    assert record["ini_min_relative_distance"] > ini.MIN_INI_DISTANCE
 
 
 def test_frozen_ini_stays_bit_identical_and_its_states_are_cached(workspace, tiny_assistant, monkeypatch):
@@ -312,7 +313,7 @@ def test_frozen_ini_stays_bit_identical_and_its_states_are_cached(workspace, tin
     out = run_train(workspace, settings, "first")
     with safe_open(str(out / "ini-projector.safetensors"), framework="pt") as f:
         embedding = f.get_tensor("embedding")
-    _, rows = pp.ini_rows(tiny_assistant, COMMON)
+    _, rows = ini.ini_rows(tiny_assistant, COMMON)
     assert torch.equal(embedding, rows)
     record = json.loads((out / "ini-projector.json").read_text())
     assert record["ini_max_abs_change"] == 0 and not record["contrastive"]
@@ -388,7 +389,7 @@ def test_equal_ini_rows_fail_before_any_training_step(
 def test_the_confirmation_line_loads_the_hub_model_at_its_revision(equal_rows_assistant):
     llama = dataclasses.replace(equal_rows_assistant, spec=get_spec("llama-3.2-1b-instruct"))
     with pytest.raises(ConfigError) as error:
-        pp.check_distinct_ini(llama, NCE, 128011, torch.zeros(K, K), Path("results/models"))
+        ini.check_distinct_ini(llama, NCE, 128011, torch.zeros(K, K), Path("results/models"))
     message = str(error.value)
     assert "rows 128011 = 128012 = 128013 are equal" in message  # the tiny tokenizer has no such tokens
     assert "train.nce-projector.ini_rows.llama = 128011" in message
@@ -404,17 +405,17 @@ def test_nearly_equal_rows_fail_and_rows_just_apart_pass(tiny_assistant):
         torch.randn(48, generator=torch.Generator().manual_seed(0)), dim=0
     )
     base = torch.ones(48)
-    for gap, fails in ((0.5 * pp.MIN_INI_DISTANCE, True), (2 * pp.MIN_INI_DISTANCE, False)):
+    for gap, fails in ((0.5 * ini.MIN_INI_DISTANCE, True), (2 * ini.MIN_INI_DISTANCE, False)):
         rows = torch.stack([base, base + gap * 3.0 * direction, base + 5 * direction])
-        distances = pp.relative_distances(rows, reference_norm=3.0)
+        distances = ini.relative_distances(rows, reference_norm=3.0)
         assert distances[0, 1].item() == pytest.approx(gap, rel=1e-5)
         if fails:
             with pytest.raises(
                 ConfigError, match="rows 20 \\(.*\\) = 21 \\(.*\\) are equal or nearly so \\(within 0.01"
             ):
-                pp.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
+                ini.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
         else:
-            pp.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
+            ini.check_distinct_ini(tiny_assistant, NCE, 20, distances, Path("m"))
 
 
 def test_mean_noise_trains_on_equal_rows_and_gives_distinct_chains(
@@ -427,7 +428,7 @@ def test_mean_noise_trains_on_equal_rows_and_gives_distinct_chains(
     module = load_scaled_projector(out / "ini-projector.safetensors")
     table = equal_rows_assistant.model.get_input_embeddings().weight.float()
     median = table.norm(dim=1).median().item()
-    expected = table.mean(0) + pp.MEAN_NOISE_SCALE * median / math.sqrt(48) * torch.randn(
+    expected = table.mean(0) + ini.MEAN_NOISE_SCALE * median / math.sqrt(48) * torch.randn(
         K, 48, generator=torch.Generator().manual_seed(pp_noise_seed(settings["seed"]))
     )
     torch.testing.assert_close(module.embedding.detach(), expected, rtol=1e-5, atol=1e-6)
@@ -462,7 +463,8 @@ def test_mean_noise_trains_on_equal_rows_and_gives_distinct_chains(
     assert record["steps"] == 4 and record["ini_max_abs_change"] > 0
     embedding = load_scaled_projector(out / "nce-projector.safetensors").embedding.detach()
     assert (
-        pp.relative_distances(embedding, median)[~torch.eye(K, dtype=torch.bool)].min() > pp.MIN_INI_DISTANCE
+        ini.relative_distances(embedding, median)[~torch.eye(K, dtype=torch.bool)].min()
+        > ini.MIN_INI_DISTANCE
     )
 
 
@@ -474,12 +476,12 @@ def pp_noise_seed(seed: int) -> int:
 def test_mean_noise_rows_are_seeded_and_leave_the_global_rng_alone():
     mean = torch.linspace(-1, 1, 64)
     state = torch.random.get_rng_state()
-    first = pp.mean_noise_rows(mean, 2.0, 4, seed=42)
+    first = ini.mean_noise_rows(mean, 2.0, 4, seed=42)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert torch.equal(first, pp.mean_noise_rows(mean, 2.0, 4, seed=42))
-    assert not torch.equal(first, pp.mean_noise_rows(mean, 2.0, 4, seed=43))
+    assert torch.equal(first, ini.mean_noise_rows(mean, 2.0, 4, seed=42))
+    assert not torch.equal(first, ini.mean_noise_rows(mean, 2.0, 4, seed=43))
     noise = (first - mean).norm(dim=1) / 2.0
-    assert torch.allclose(noise, torch.full_like(noise, pp.MEAN_NOISE_SCALE), rtol=0.3)
+    assert torch.allclose(noise, torch.full_like(noise, ini.MEAN_NOISE_SCALE), rtol=0.3)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -52,6 +52,3 @@ def assistant_hints(job: Job) -> list[str]:
         tokenizer = job.assistant.tokenizer
         hints += [tokenizer.decode(out.token_ids, skip_special_tokens=True).strip() for out in outputs]
     return hints
-
-
-METHODS = (AssistCoT,)

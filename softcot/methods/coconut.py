@@ -367,6 +367,3 @@ def train_coconut(context: TrainingContext) -> dict[str, Any]:
         f"{record['last_step_loss']:.4f} over {record['steps']} steps (stages {record['stages']})"
     )
     return record
-
-
-METHODS = (Coconut,)

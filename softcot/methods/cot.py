@@ -24,6 +24,3 @@ class ZeroShotCoTUnk(Method):
     def base_prompts(self, job: Job) -> list[list[int]]:
         agp = bool(job.settings["add_generation_prompt"])
         return [job.base_renderer.base_ids(example, job.num_thoughts, agp) for example in job.examples]
-
-
-METHODS = (ZeroShotCoT, ZeroShotCoTUnk)

@@ -307,6 +307,3 @@ def fit_adapter(
         record.update(losses, trainable_parameters=sum(p.numel() for p in parameters.values()))
     finally:
         peft_model.unload()  # the base's own modules back in place (their weights never changed)
-
-
-METHODS = (LoRAFineTuning,)
