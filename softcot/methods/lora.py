@@ -90,12 +90,15 @@ def adapter_tensors(peft_model: Any) -> dict[str, torch.Tensor]:
 
 def save_adapter(peft_model: Any, checkpoint: Path, base_name: str) -> None:
     """peft's adapter directory: `adapter_model.safetensors` (no metadata but peft's format tag, so
-    equal tensors give equal bytes) and `adapter_config.json` beside it."""
+    equal tensors give equal bytes) and `adapter_config.json` beside it (its lists sorted, likewise)."""
     from safetensors.torch import save_file
 
     config = copy.deepcopy(peft_model.peft_config["default"])
     config.base_model_name_or_path = base_name  # the registry's name, not a machine's path
     config.inference_mode = True
+    # peft keeps the target modules as a set, whose order follows Python's per-process string
+    # hashing: sorted, equal adapters give equal config bytes in every process.
+    config.target_modules = sorted(config.target_modules)
     config.save_pretrained(str(checkpoint.parent))
     with atomic_path(checkpoint) as tmp:
         save_file(adapter_tensors(peft_model), str(tmp), metadata={"format": "pt"})
