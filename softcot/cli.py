@@ -24,6 +24,10 @@ COMMANDS = {
     ),
     "merge": ("softcot.commands.merge", "merge a sharded evaluation's shards into per-seed prediction files"),
     "import-projector": ("softcot.import_projector", "convert the authors' projection.bin into a checkpoint"),
+    "dvc-stage": (
+        "softcot.commands.dvc_stage",
+        "the DVC stage of one table: check params.yaml, then run its snakemake target",
+    ),
     "table": ("softcot.report", "build a significance-tested table from prediction files"),
     "probe": (
         "softcot.probe.command",
