@@ -327,6 +327,8 @@ class Plan:
             "shards": [shard_file(pair, dataset, method, i, shards) for i in range(1, shards + 1)],
             "test": cell.inputs["test"],
         }
+        if "artefact" in cell.inputs:
+            inputs["artefact"] = cell.inputs["artefact"]
         return Step(cell.settings, inputs, cell.outputs)
 
     # --- sizing (softcot.resources) ---------------------------------------------------------------
@@ -375,7 +377,9 @@ class Plan:
 
         Each row's `settings_sha256` fingerprints, per dataset, the settings its evaluation runs
         with: the table refuses a metrics file that recorded others (another preset, a changed
-        parameter), as a file copied from another cell would be."""
+        parameter), as a file copied from another cell would be. `artefacts` names, per dataset, the
+        trained artefact the evaluation reads (none for a method without one): the table refuses a
+        metrics file that recorded another checkpoint's hash (the artefact was retrained since)."""
         layout = self.config.table(name)
         rows = []
         for row in layout["rows"]:
@@ -385,9 +389,14 @@ class Plan:
             if resolved.spec.artefact is not None:
                 served = {dataset: self.served_by(dataset, settings) for dataset in layout["datasets"]}
                 borrowed = {dataset: by for dataset, by in served.items() if by != dataset}
-            fingerprints = {
-                dataset: json_sha256(self.evaluate(row["pair"], dataset, row["method"]).settings)
-                for dataset in layout["datasets"]
+            cells = {
+                dataset: self.evaluate(row["pair"], dataset, row["method"]) for dataset in layout["datasets"]
+            }
+            fingerprints = {dataset: json_sha256(cell.settings) for dataset, cell in cells.items()}
+            artefacts = {
+                dataset: cell.inputs["artefact"]
+                for dataset, cell in cells.items()
+                if "artefact" in cell.inputs
             }
             rows.append(
                 dict(
@@ -396,6 +405,7 @@ class Plan:
                     limit=settings["limit"],
                     artefacts_from=borrowed,
                     settings_sha256=fingerprints,
+                    artefacts=artefacts,
                 )
             )
         return dict(layout, rows=rows, preset=self.preset, primary_extractor=self.primary_extractor)
@@ -414,6 +424,7 @@ class Plan:
                 inputs["predictions"] += outputs["predictions"]
                 inputs["metrics"] += outputs["metrics"]
         inputs["tests"] = [prepared(ds, "test") for ds in spec["datasets"]]
+        inputs["artefacts"] = sorted({path for row in spec["rows"] for path in row["artefacts"].values()})
         return Step(spec, inputs, {suffix: report(name, suffix) for suffix in REPORT_SUFFIXES})
 
     def table_names(self) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from softcot.answers import extract_answer, is_correct
 from softcot.errors import DataError
-from softcot.io import json_sha256, read_jsonl
+from softcot.io import json_sha256, read_jsonl, sha256_file
 from softcot.voting import vote
 
 # Extractor mode -> (answer extractor, vote over samples).
@@ -40,6 +40,7 @@ METRICS_KEYS = (
     "extractor",
     "vote",
     "settings",
+    "artefact_sha256",
 )
 IDENTITY = ("pair", "dataset", "method", "seed")
 
@@ -79,14 +80,17 @@ class TestSet:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What one seed's files must have been written for: the cell and seed they are read for, and
-    the fingerprint (softcot.io.json_sha256) of the settings the plan resolves for that cell."""
+    """What one seed's files must have been written for: the cell and seed they are read for, the
+    fingerprint (softcot.io.json_sha256) of the settings the plan resolves for that cell, and the
+    sha256 of the trained artefact it reads now (None: the method has none)."""
 
     pair: str
     dataset: str
     method: str
     seed: int
     settings_sha256: str
+    artefact: Path | None = None
+    artefact_sha256: str | None = None
 
     def mismatch(self, found: dict[str, Any]) -> tuple[str, Any, Any] | None:
         """(field, expected, found) of the first identity field that differs, else None."""
@@ -122,7 +126,10 @@ def read_recorded_settings(path: Path, n_records: int, expected: Provenance) -> 
         raise DataError(f"{path}: not a readable metrics file (not a JSON object)")
     for key in METRICS_KEYS:
         if key not in metrics:
-            raise DataError(f"{path}: lacks key {key!r}")
+            raise DataError(
+                f"{path}: lacks key {key!r} (written by hand or by an older version): delete it and "
+                "rerun snakemake, which evaluates the cell again"
+            )
     wrong = expected.mismatch(metrics)
     if wrong:
         field, want, found = wrong
@@ -133,6 +140,12 @@ def read_recorded_settings(path: Path, n_records: int, expected: Provenance) -> 
             f"{path}: key 'settings' has fingerprint {json_sha256(settings)}, but the plan resolves "
             f"{expected.settings_sha256} for {expected.method} of pair {expected.pair} on {expected.dataset} "
             "(the file was written with other settings: another preset or a changed parameter)"
+        )
+    if metrics["artefact_sha256"] != expected.artefact_sha256:
+        raise DataError(
+            f"{path}: key 'artefact_sha256' is {metrics['artefact_sha256']!r}, but {expected.artefact} "
+            f"has sha256 {expected.artefact_sha256!r}: the evaluation read another checkpoint (it was "
+            "retrained or replaced since); rerun the evaluation"
         )
     for key in ("extractor", "vote"):
         if metrics[key] != settings.get(key):
@@ -229,18 +242,35 @@ def id_difference(left: set[str], right: set[str]) -> str:
     )
 
 
+def checkpoint_sha256(path: Path) -> str:
+    """The sha256 of the trained artefact a cell's evaluation read (a missing file is named)."""
+    if not path.is_file():
+        raise DataError(f"{path}: the trained artefact this table's evaluations read is missing")
+    return sha256_file(path)
+
+
 def load_cell(row: dict[str, Any], dataset: str, predictions: Path, test: TestSet) -> Cell:
     """Every seed file of a row on a dataset; each must have been written for this cell and seed
     with the settings the row's `settings_sha256` names, and cover exactly the examples its limit
     covers."""
     expected = test.expected_ids(row["limit"])
+    artefact = Path(row["artefacts"][dataset]) if dataset in row["artefacts"] else None
+    artefact_sha256 = checkpoint_sha256(artefact) if artefact is not None else None
     files: list[Path] = []
     per_seed: list[dict[str, dict[str, bool]]] = []
     settings = set()
     for seed in row["seeds"]:
         where = (predictions, row["pair"], dataset, row["method"], seed)
         path = prediction_path(*where)
-        provenance = Provenance(row["pair"], dataset, row["method"], seed, row["settings_sha256"][dataset])
+        provenance = Provenance(
+            row["pair"],
+            dataset,
+            row["method"],
+            seed,
+            row["settings_sha256"][dataset],
+            artefact,
+            artefact_sha256,
+        )
         by_mode, recorded = read_seed_file(path, metrics_path(*where), test, provenance)
         if set(by_mode["robust"]) != expected:
             raise DataError(

@@ -8,7 +8,7 @@ job needs neither a model nor a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class Evaluation:
     method_name: str
     settings: dict[str, Any]
     examples: list[dict]
+    # sha256 of the trained artefact's checkpoint the outputs come from (None: the method has none),
+    # so a table can tell that an artefact was retrained after the evaluation.
+    artefact_sha256: str | None = field(default=None, kw_only=True)
 
 
 def rows_per_seed(settings: dict[str, Any]) -> int:
@@ -112,6 +115,7 @@ def seed_metrics(evaluation: Evaluation, seed: int, records: list[dict], tokens_
         "extractor": evaluation.settings["extractor"],
         "vote": evaluation.settings["vote"],
         "settings": evaluation.settings,
+        "artefact_sha256": evaluation.artefact_sha256,
     }
 
 

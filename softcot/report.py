@@ -37,7 +37,7 @@ from softcot.tables import ALPHA, REPORT_SUFFIXES, SIGNIFICANT_MARK, Comparison,
 
 AVERAGE = "avg"
 SPEC_KEYS = ("title", "datasets", "baseline", "rows", "preset", "primary_extractor")
-ROW_KEYS = ("key", "label", "role", "pair", "method", "seeds", "limit", "settings_sha256")
+ROW_KEYS = ("key", "label", "role", "pair", "method", "seeds", "limit", "settings_sha256", "artefacts")
 CSV_STATS = (
     "mean",
     "std",

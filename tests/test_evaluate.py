@@ -174,6 +174,7 @@ def test_prediction_records_and_metrics(tiny_base, tiny_assistant, gsm8k_example
     assert metrics["accuracy"] == sum(r["correct"] for r in records) / len(records)
     assert metrics["extraction_failures"] == sum(r["prediction"] is None for r in records)
     assert metrics["extractor"] == job.settings["extractor"]
+    assert metrics["artefact_sha256"] is None  # CoT reads no trained artefact
     assert not (tmp_path / ev.PARTIAL_NAME).exists()
 
 

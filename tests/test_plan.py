@@ -172,6 +172,18 @@ def test_table_spec_fingerprints_each_cells_evaluation_settings(plan, raw):
     assert other["softcot"]["settings_sha256"]["gsm8k"] != rows["softcot"]["settings_sha256"]["gsm8k"]
 
 
+def test_a_table_names_the_artefact_each_cell_reads(raw):
+    """The table reads each trained artefact to check the hash its cells' metrics recorded: the
+    tiny preset's GSM8K projector serves every dataset; CoT reads none."""
+    plan = Plan(Config(raw))
+    rows = {row["key"]: row for row in plan.table_spec("main_table")["rows"]}
+    projector = "results/projectors/tiny/gsm8k/projector.safetensors"
+    assert rows["softcot"]["artefacts"] == dict.fromkeys(plan.table_spec("main_table")["datasets"], projector)
+    assert rows["cot"]["artefacts"] == {}
+    assert projector in plan.table("main_table").inputs["artefacts"]
+    assert plan.merge("tiny", "gsm8k", "softcot").inputs["artefact"] == projector
+
+
 def test_hand_written_settings_are_checked_by_key():
     with pytest.raises(ConfigError, match="not valid JSON"):
         parse_settings("{kind: cot}")

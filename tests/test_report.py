@@ -14,7 +14,7 @@ from softcot import report, stats, tables
 from softcot.answers import extract_answer, is_correct
 from softcot.cli import main
 from softcot.errors import ConfigError, DataError
-from softcot.io import json_sha256, write_json_atomic, write_jsonl_atomic
+from softcot.io import json_sha256, sha256_file, write_json_atomic, write_jsonl_atomic
 from softcot.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def make_row(key: str, label: str, role: str, pair: str, method: str, **extra) -
     """A resolved row, fingerprinting the synthetic settings of each dataset as the plan does."""
     fingerprints = {ds: json_sha256(synthetic_settings(pair, method, ds)) for ds in GOLD}
     row = {"key": key, "label": label, "role": role, "pair": pair, "method": method, "seeds": SEEDS}
-    return row | {"limit": None, "settings_sha256": fingerprints} | extra
+    return row | {"limit": None, "settings_sha256": fingerprints, "artefacts": {}} | extra
 
 
 def make_spec(**overrides) -> dict:
@@ -66,11 +66,20 @@ def boxed(answer: str) -> str:
 
 
 def write_seed(
-    root: Path, row: dict, dataset: str, seed: int, correct, ids=None, outputs=None, settings=None
+    root: Path,
+    row: dict,
+    dataset: str,
+    seed: int,
+    correct,
+    ids=None,
+    outputs=None,
+    settings=None,
+    artefact_sha256=None,
 ):
     """A prediction and a metrics file as the evaluation writes them (robust extractor, fixed vote);
     `outputs` overrides the raw outputs (default: the gold answer boxed when correct, a wrong one
-    otherwise), `settings` the recorded settings (default: the synthetic ones of the row's cell)."""
+    otherwise), `settings` the recorded settings (default: the synthetic ones of the row's cell),
+    `artefact_sha256` the hash of the checkpoint it read (default: none, a method without one)."""
     ids = ids or [f"{dataset}-{i:04d}" for i in range(len(correct))]
     gold, wrong = GOLD[dataset]
     outputs = outputs or [boxed(gold if ok else wrong) for ok in correct]
@@ -110,6 +119,7 @@ def write_seed(
             "extractor": "robust",
             "vote": "fixed",
             "settings": settings or synthetic_settings(row["pair"], row["method"], dataset),
+            "artefact_sha256": artefact_sha256,
         },
     )
 
@@ -505,6 +515,31 @@ def test_metrics_figures_must_be_those_of_the_predictions(tmp_path, edit, messag
         build(spec, tmp_path)
 
 
+def test_a_retrained_artefact_is_caught(tmp_path):
+    """A metrics file records the sha256 of the checkpoint its evaluation read; once the artefact
+    is retrained (equal settings, other weights) the table refuses the stale cell."""
+    checkpoint = tmp_path / "projector.safetensors"
+    checkpoint.write_bytes(b"weights of the first training")
+    row = make_row("softcot", "SoftCoT", "main", "p", "softcot", artefacts={"gsm8k": str(checkpoint)})
+    spec = make_spec(datasets=["gsm8k"], average=False, rows=[make_spec()["rows"][0], row])
+    for each in spec["rows"]:
+        recorded = sha256_file(checkpoint) if each is row else None
+        for seed in SEEDS:
+            write_seed(tmp_path / "pred", each, "gsm8k", seed, [True, False, True], artefact_sha256=recorded)
+    write_prepared(tmp_path / "prepared", ["gsm8k"], 3)
+    build(spec, tmp_path)
+    first = sha256_file(checkpoint)
+    checkpoint.write_bytes(b"weights of a second training")
+    message = rf"softcot/seed41\.metrics\.json: key 'artefact_sha256' is '{first}', but "
+    with pytest.raises(
+        DataError, match=message + re.escape(f"{checkpoint} has sha256 '{sha256_file(checkpoint)}'")
+    ):
+        build(spec, tmp_path)
+    checkpoint.unlink()
+    with pytest.raises(DataError, match=re.escape(str(checkpoint)) + ": the trained artefact .* is missing"):
+        build(spec, tmp_path)
+
+
 def test_the_table_spec_fingerprints_each_cells_settings(tmp_path):
     spec = make_spec()
     del spec["rows"][0]["settings_sha256"]["aqua"]
@@ -551,17 +586,31 @@ def test_metrics_must_describe_the_prediction_file(tmp_path):
         build(spec, tmp_path)
 
 
-def test_cli_with_params_writes_plot_table(tmp_path):
+def test_cli_with_params_writes_plot_table(tmp_path, monkeypatch):
     """The thought-token table of the repository's params.yaml, whose rows have x, gets a PNG."""
+    monkeypatch.chdir(tmp_path)  # the SoftCoT rows' projector, at its path relative to the checkout
     plan = Plan.load(REPO / "params.yaml")
     spec = plan.table_spec("thought_tokens")
     assert all("x" in row for row in spec["rows"][1:]) and all(row["seeds"] for row in spec["rows"])
     rng = np.random.default_rng(5)
     n = spec["rows"][0]["limit"]  # the tiny preset's evaluations cover the first `limit` examples
     for row in spec["rows"]:
+        artefact = row["artefacts"].get("gsm8k")
+        if artefact is not None:
+            Path(artefact).parent.mkdir(parents=True, exist_ok=True)
+            Path(artefact).write_bytes(b"a projector")
         for seed in row["seeds"]:
             settings = plan.evaluate(row["pair"], "gsm8k", row["method"]).settings
-            write_seed(tmp_path / "pred", row, "gsm8k", seed, rng.random(n) < 0.5, settings=settings)
+            recorded = sha256_file(artefact) if artefact is not None else None
+            write_seed(
+                tmp_path / "pred",
+                row,
+                "gsm8k",
+                seed,
+                rng.random(n) < 0.5,
+                settings=settings,
+                artefact_sha256=recorded,
+            )
     write_prepared(tmp_path / "prepared", ["gsm8k"], n + 3)
     out = tmp_path / "reports"
     args = ["table", "--table", "thought_tokens", "--params", str(REPO / "params.yaml")]

@@ -13,6 +13,7 @@ from typing import Any
 from softcot.data.schema import read_prepared
 from softcot.errors import ConfigError
 from softcot.evaluate import Job, evaluate, evaluate_shard
+from softcot.io import sha256_file
 from softcot.methods import method_class
 from softcot.methods.catalog import method_spec
 from softcot.models.registry import add_local_path_argument, parse_local_paths
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         PromptRenderer(prompt_set, base, option_format),
         method,
         batch_size,
+        artefact_sha256=sha256_file(args.artefact) if spec.artefact is not None else None,
     )
     if spec.uses_assistant:
         same = models["assistant"] == models["base"]

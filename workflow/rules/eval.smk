@@ -84,6 +84,7 @@ rule merge_shards:
         method=one_of(PLAN.sharded_methods()),
     params:
         settings=lambda wildcards: merge_step(wildcards).settings_json,
+        artefact=artefact_argument,
     conda:
         "../envs/softcot.yaml"
     log:
@@ -95,5 +96,5 @@ rule merge_shards:
         runtime=10,
     shell:
         "softcot merge --pair {wildcards.pair} --dataset {wildcards.dataset} --method {wildcards.method}"
-        " --settings {params.settings:q} --test {input.test} --shards {input.shards}"
+        " --settings {params.settings:q} --test {input.test} --shards {input.shards} {params.artefact}"
         " --predictions {output.predictions} --metrics {output.metrics} > {log} 2>&1"
