@@ -28,6 +28,10 @@ COMMANDS = {
         "softcot.commands.dvc_stage",
         "the DVC stage of one table: check params.yaml, then run its snakemake target",
     ),
+    "compare": (
+        "softcot.commands.compare",
+        "DVC's experiments side by side: the parameters that differ and a table's accuracies",
+    ),
     "table": ("softcot.report", "build a significance-tested table from prediction files"),
     "probe": (
         "softcot.probe.command",

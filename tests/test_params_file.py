@@ -72,7 +72,10 @@ def experiment_repo(tmp_path):
         (repo / "reports" / name).write_text(f"{name}: the baseline's report\n")
     stub = tmp_path / "bin" / "snakemake"
     stub.parent.mkdir()
-    stub.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "snakemake_args"}\n')
+    stub.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path / "snakemake_args"}\n'
+        """echo '{"acc": {"cot": 12.0, "softcot": 9.5}}' > reports/main_table.json\n"""
+    )
     stub.chmod(0o755)
     git(repo, "init", "-q")
     git(repo, "config", "user.name", "Test")
@@ -124,3 +127,15 @@ def test_a_valid_experiment_changes_one_line_and_runs_the_tables_target(experime
     ]
     args = (repo.parent / "snakemake_args").read_text().split()
     assert args[0] == "reports/main_table.md" and "mtime" not in args
+    # softcot compare: the experiment beside its baseline, the changed value and each row's accuracy
+    shown = subprocess.run(
+        ["softcot", "compare"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert all(len(line) <= 120 for line in lines)
+    assert lines[1].split() == ["eval.num_thought_tokens", "6", "4", "6"]  # workspace, baseline, experiment
+    assert [line.split()[1:] for line in lines[2:]] == [
+        ["acc.cot", "12.0", "-", "12.0"],
+        ["acc.softcot", "9.5", "-", "9.5"],
+    ]
