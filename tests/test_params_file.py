@@ -127,6 +127,11 @@ def test_a_valid_experiment_changes_one_line_and_runs_the_tables_target(experime
     ]
     args = (repo.parent / "snakemake_args").read_text().split()
     assert args[0] == "reports/main_table.md" and "mtime" not in args
+    # A failed experiment after it: the value goes back to the first experiment's, left in the workspace.
+    after = snapshot(repo)
+    failed = exp_run(repo, env, "eval.num_thought_tokens=0")
+    assert failed.returncode != 0 and "is back as it was" in failed.stdout + failed.stderr
+    assert snapshot(repo) == after
     # softcot compare: the experiment beside its baseline, the changed value and each row's accuracy
     shown = subprocess.run(
         ["softcot", "compare"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
