@@ -258,7 +258,8 @@ def _train_section_problems(raw: dict) -> list[str]:
 
 def _probe_problems(raw: dict) -> list[str]:
     """The thought probe's names: per preset (its overrides merged), a pair role the preset
-    defines and datasets with a training split (the probe trains its own projector)."""
+    defines and datasets with a training split (the probe trains its own projector); its centred
+    projectors are named by probe.centred, never by probe.train."""
     probe = raw["probe"]
     problems = [
         f"probe.presets.{name}: not a preset (defined: {', '.join(raw['presets'])})"
@@ -267,6 +268,11 @@ def _probe_problems(raw: dict) -> list[str]:
     ]
     for name, preset in raw["presets"].items():
         merged = deep_merge(probe, probe.get("presets", {}).get(name, {}))
+        if "projection_center" in merged["train"]:
+            problems.append(
+                f"probe.train.projection_center: the probe's first projector is the paper's (none); "
+                f"list centred projectors in probe.centred instead (preset {name!r})"
+            )
         if merged["pair"] not in preset["roles"]:
             problems.append(
                 f"probe.pair: role {merged['pair']!r} is not defined by preset {name!r} "

@@ -108,6 +108,11 @@ def probe_dir(pair: str, dataset: str) -> str:
     return f"results/probe/{pair}/{dataset}"
 
 
+def probe_projector_dir(pair: str, dataset: str, center: str) -> str:
+    """One probe projector's directory: the paper's (`none`) or a centred one (probe.centred)."""
+    return f"{probe_dir(pair, dataset)}/center-{center}"
+
+
 def parse_settings(text: str, source: str = "--settings") -> dict[str, Any]:
     """A step's --settings JSON, with the project's error when it is not a JSON object."""
     try:
@@ -467,16 +472,23 @@ class Plan:
             outputs={part: probe_data(dataset, part) for part in PROBE_PARTS},
         )
 
-    def probe_train(self, pair: str, dataset: str) -> Step:
-        """The probe's own projector: SoftCoT's training with probe.train, on the fit part only."""
+    def probe_train(self, pair: str, dataset: str, center: str = "none") -> Step:
+        """One of the probe's own projectors: SoftCoT's training with probe.train, on the fit part
+        only, with train.projection_center `center`: the paper's `none` or one of probe.centred."""
         self._probe_dataset(dataset)
+        centred = self.probe_spec()["centred"]
+        if center != "none" and center not in centred:
+            raise ConfigError(
+                f"projection centring {center!r} is not among probe.centred {centred} "
+                f"of preset {self.preset!r}"
+            )
         trainer = method_spec(catalog_artefact("projector").trained_by)
         models = self._pair_models(pair, trainer.uses_assistant)
         settings = {"kind": trainer.kind, "pair": models, "option_format": self.option_format(dataset)}
-        settings.update(self.probe_spec()["train"])
+        settings.update(self.probe_spec()["train"], projection_center=center)
         inputs = {"train": probe_data(dataset, "fit")}
         inputs.update({role: model_manifest(model) for role, model in models.items()})
-        directory = probe_dir(pair, dataset)
+        directory = probe_projector_dir(pair, dataset, center)
         outputs = {
             "checkpoint": f"{directory}/projector.safetensors",
             "record": f"{directory}/projector.json",
@@ -484,8 +496,9 @@ class Plan:
         return Step(settings, inputs, outputs)
 
     def probe(self, pair: str, dataset: str, heldout: str) -> Step:
-        """Scoring the six conditions on held-out examples: the test split's first probe.examples
-        (`test`) or the validation part of the train split (`validation`)."""
+        """Scoring every condition on held-out examples: the test split's first probe.examples
+        (`test`) or the validation part of the train split (`validation`). It reads the paper's probe
+        projector and each centred one of probe.centred."""
         if heldout not in PROBE_HELDOUT:
             raise ConfigError(f"unknown held-out set {heldout!r} (known: {', '.join(PROBE_HELDOUT)})")
         spec = self.probe_spec()
@@ -496,14 +509,18 @@ class Plan:
             "num_thought_tokens": spec["num_thought_tokens"],
             "examples": spec["examples"] if heldout == "test" else None,
             "seed": spec["seed"],
+            "centred": spec["centred"],
             "train": spec["train"],
         }
         examples = prepared(dataset, "test") if heldout == "test" else probe_data(dataset, "validation")
-        inputs = {
+        centred = [self.probe_train(pair, dataset, center).outputs for center in spec["centred"]]
+        inputs: dict[str, Any] = {
             "examples": examples,
             "fit": probe_data(dataset, "fit"),
             "projector": trained.outputs["checkpoint"],
             "record": trained.outputs["record"],
+            "centred_projectors": [outputs["checkpoint"] for outputs in centred],
+            "centred_records": [outputs["record"] for outputs in centred],
         }
         inputs.update({role: model_manifest(model) for role, model in settings["pair"].items()})
         outputs = {"per_example": f"{probe_dir(pair, dataset)}/{heldout}/per_example.jsonl"}
@@ -516,11 +533,18 @@ class Plan:
         heldout, spec = PROBE_REPORTS[name], self.probe_spec()
         settings = dict(spec, name=name, heldout=heldout, preset=self.preset)
         settings["models"] = self.config.pair(spec["pair"])
-        inputs: dict[str, list[str]] = {"per_example": [], "records": [], "examples": [], "fit": []}
+        inputs: dict[str, list[str]] = {
+            "per_example": [],
+            "records": [],
+            "examples": [],
+            "fit": [],
+            "centred_records": [],
+        }
         for dataset in spec["datasets"]:
             step = self.probe(spec["pair"], dataset, heldout)
             inputs["per_example"].append(step.outputs["per_example"])
             inputs["records"].append(step.inputs["record"])
+            inputs["centred_records"] += step.inputs["centred_records"]
             inputs["examples"].append(step.inputs["examples"])
             inputs["fit"].append(step.inputs["fit"])
         return Step(settings, inputs, {suffix: report(name, suffix) for suffix in REPORT_SUFFIXES})

@@ -14,7 +14,7 @@ operations and written with one scatter, so padding and slot positions may diffe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,11 +22,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from softcot.errors import ModelError
+from softcot.errors import ConfigError, ModelError
 from softcot.io import atomic_path
 
 MASTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
+# train.projection_center, and the tensors each writes beside `weight` and `bias`.
+CENTERS = {"none": (), "mean": ("center_mean",), "standardize": ("center_mean", "center_scale")}
+# The least per-dimension spread `standardize` divides by: a dimension (nearly) constant over the
+# training states is centred, not blown up. States are O(1)-O(100) (after a final norm).
+CENTER_SCALE_FLOOR = 1e-4
 
 
 class Projector(nn.Linear):
@@ -35,23 +40,61 @@ class Projector(nn.Linear):
     Its parameters are `weight` [H_b, H_a] and `bias` [H_b], the paper's key names. They stay in
     float32 (the "master" weights) even when the models run in bf16; the output is cast to the
     base's dtype only when spliced.
+
+    `center` (train.projection_center) transforms the states before the Linear. `none` (the paper)
+    leaves them as they are. `mean` subtracts `center_mean` [H_a], the per-dimension mean of the
+    training states; `standardize` also divides by `center_scale` [H_a], their per-dimension
+    standard deviation, floored at CENTER_SCALE_FLOOR. Both are buffers: saved in the checkpoint,
+    never trained, set by `fit_center`.
     """
 
-    def __init__(self, assistant_dim: int, base_dim: int, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, assistant_dim: int, base_dim: int, dtype: torch.dtype = torch.float32, center: str = "none"
+    ):
+        if center not in CENTERS:
+            raise ConfigError(
+                f"train.projection_center: unknown value {center!r} (known: {', '.join(CENTERS)})"
+            )
         super().__init__(assistant_dim, base_dim, bias=True, dtype=dtype)
+        self.center = center
+        if center != "none":
+            self.register_buffer("center_mean", torch.zeros(assistant_dim, dtype=dtype))
+        if center == "standardize":
+            self.register_buffer("center_scale", torch.ones(assistant_dim, dtype=dtype))
 
     @classmethod
     def seeded(
-        cls, assistant_dim: int, base_dim: int, seed: int, dtype: torch.dtype = torch.float32
+        cls,
+        assistant_dim: int,
+        base_dim: int,
+        seed: int,
+        dtype: torch.dtype = torch.float32,
+        center: str = "none",
     ) -> Projector:
         """PyTorch's default Linear initialisation, drawn on the CPU from `seed` (§14 row 8), so the
-        same seed gives the same projector on any device and leaves the global RNG untouched."""
+        same seed gives the same projector on any device and leaves the global RNG untouched. The
+        centring draws nothing: every `center` gets the same weight and bias."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(assistant_dim, base_dim, dtype=dtype)
+            return cls(assistant_dim, base_dim, dtype=dtype, center=center)
+
+    @torch.no_grad()
+    def fit_center(self, states: torch.Tensor) -> None:
+        """Set the centring statistics from the training states [..., H_a], over every example and
+        slot position (in float64, stored in the master dtype); `none` has nothing to set."""
+        flat = states.reshape(-1, states.shape[-1]).double()
+        if self.center != "none":
+            self.center_mean.copy_(flat.mean(dim=0))
+        if self.center == "standardize":
+            self.center_scale.copy_(flat.std(dim=0, correction=0).clamp_min(CENTER_SCALE_FLOOR))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return super().forward(states.to(self.weight.dtype))
+        if self.center == "none":
+            return super().forward(states.to(self.weight.dtype))
+        centred = states.to(self.weight.dtype) - self.center_mean
+        if self.center == "standardize":
+            centred = centred / self.center_scale
+        return super().forward(centred)
 
 
 def save_projector(path: str | Path, projector: Projector) -> None:
@@ -75,7 +118,8 @@ def check_projector_file(
     (assistant_dim, base_dim). Cheap enough to call before loading any model.
 
     Anything but a complete safetensors file holding a float `weight` [H_b, H_a] and `bias` [H_b]
-    (of the given dimensions, when given) is a ModelError naming the file.
+    (of the given dimensions, when given), plus a centred projector's `center_mean` [H_a] and
+    `center_scale` [H_a] (CENTERS), is a ModelError naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,11 +137,15 @@ def check_projector_file(
             "checkpoint ([INI] embeddings); SoftCoT evaluates a SoftCoT projector, the two are not "
             "interchangeable"
         )
-    if set(shapes) != {"weight", "bias"}:
-        raise ModelError(f"{path}: expected exactly the tensors ['bias', 'weight'], found {sorted(shapes)}")
+    projector_center(path, shapes)
     weight, bias = shapes["weight"], shapes["bias"]
     if len(weight) != 2 or bias != [weight[0]]:
         raise ModelError(f"{path}: weight {weight} and bias {bias} do not form a Linear")
+    centring = {name: shape for name, shape in shapes.items() if name not in ("weight", "bias")}
+    if any(shape != [weight[1]] for shape in centring.values()):
+        raise ModelError(
+            f"{path}: the centring tensors {centring} do not match the weight's input size {weight[1]}"
+        )
     if any(dtype not in FLOAT_DTYPES for dtype in dtypes.values()):
         raise ModelError(f"{path}: expected floating-point tensors, found {dtypes}")
     expected = [base_dim or weight[0], assistant_dim or weight[1]]
@@ -109,8 +157,25 @@ def check_projector_file(
     return weight[1], weight[0]
 
 
+def projector_center(path: Path, names: Iterable[str]) -> str:
+    """The train.projection_center whose checkpoint holds exactly the tensors `names`; anything
+    else is a ModelError naming the file and every layout it may have."""
+    found = sorted(names)
+    for center, extra in CENTERS.items():
+        if found == sorted(("weight", "bias", *extra)):
+            return center
+    layouts = "; ".join(
+        f"{sorted(('weight', 'bias', *extra))} ({center})" for center, extra in CENTERS.items()
+    )
+    raise ModelError(
+        f"{path}: expected exactly the tensors ['bias', 'weight'], found {found}; a projector checkpoint "
+        f"holds one of these layouts (train.projection_center): {layouts}"
+    )
+
+
 def load_projector(path: str | Path, device: torch.device | str | None = None) -> Projector:
-    """Read a checkpoint written by `save_projector`; anything else is a ModelError naming the file."""
+    """Read a checkpoint written by `save_projector`, with the centring its tensors show; anything
+    else is a ModelError naming the file."""
     path = Path(path)
     check_projector_file(path)
     try:
@@ -118,7 +183,8 @@ def load_projector(path: str | Path, device: torch.device | str | None = None) -
     except (SafetensorError, OSError) as exc:
         raise _unreadable(path, exc) from exc
     weight = tensors["weight"]
-    projector = Projector(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+    center = projector_center(path, tensors)
+    projector = Projector(weight.shape[1], weight.shape[0], dtype=weight.dtype, center=center)
     projector.load_state_dict(tensors)
     return projector.to(device) if device is not None else projector
 

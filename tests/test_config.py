@@ -173,3 +173,40 @@ def test_thought_count_zero_is_fine_for_methods_that_read_no_thoughts(raw):
         if reads_thoughts and "num_thought_tokens" not in method:
             method["num_thought_tokens"] = 4
     assert Config(raw).eval_settings("cot")["num_thought_tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"train": {"projection_center": "median"}}, r"train\.projection_center: 'median' is not one of"),
+        (
+            {"presets": {"tiny": {"train": {"projection_center": "centre"}}}},
+            r"presets\.tiny\.train\.projection_center: 'centre'",
+        ),
+        # SoftCoT++'s projectors do not centre: their sections may not set it.
+        (
+            {"train": {"nce-projector": {"projection_center": "mean"}}},
+            r"train\.nce-projector\.projection_center: the nce-projector training does not read",
+        ),
+        ({"probe": {"centred": ["none"]}}, r"probe\.centred\.0: 'none' is not one of"),
+        (
+            {"probe": {"train": {"projection_center": "mean"}}},
+            r"probe\.train\.projection_center: .* probe\.centred",
+        ),
+    ],
+)
+def test_the_projection_centring_is_checked_by_name(raw, override, named):
+    with pytest.raises(ConfigError, match=named):
+        Config(deep_merge(raw, override))
+
+
+def test_a_train_steps_settings_reject_an_unknown_centring():
+    from softcot.config import check_train_settings
+    from softcot.plan import Plan
+
+    settings = Plan.load(PARAMS).train("projector", "tiny", "gsm8k").settings
+    assert check_train_settings(settings, "--settings")["projection_center"] == "none"
+    with pytest.raises(ConfigError, match=r"train\.projection_center: 'median' is not one of"):
+        check_train_settings(dict(settings, projection_center="median"), "--settings")
+    # SoftCoT++'s settings never carry it.
+    assert "projection_center" not in Plan.load(PARAMS).train("nce-projector", "tiny", "gsm8k").settings

@@ -17,10 +17,11 @@ from conftest import gsm8k_example
 
 from softcot import stats
 from softcot.config import Config, deep_merge
-from softcot.errors import ConfigError, DataError
+from softcot.errors import ConfigError, DataError, ModelError
 from softcot.plan import PROBE_REPORTS, Plan, prepared
 from softcot.probe import conditions, heldout, scoring
 from softcot.probe import table as probe_table
+from softcot.probe.command import _check_record
 from softcot.prompts import PromptRenderer, load_prompt_set, locate_assistant_slots
 from softcot.thoughts import Projector, assistant_states
 
@@ -126,6 +127,45 @@ def test_the_probe_training_is_the_presets_training_with_the_probes_overrides(ra
     assert plan.probe_train(spec["pair"], "gsm8k").outputs["checkpoint"].startswith("results/probe/")
 
 
+def test_each_centred_projector_is_a_probe_artefact_of_its_own(raw):
+    preset = raw["preset"]
+    both = Plan(
+        Config(deep_merge(raw, {"probe": {"presets": {preset: {"centred": ["mean", "standardize"]}}}}))
+    )
+    pair = both.probe_spec()["pair"]
+    paper = both.probe_train(pair, "gsm8k")
+    assert paper.settings["projection_center"] == "none"
+    centred = {center: both.probe_train(pair, "gsm8k", center) for center in ("mean", "standardize")}
+    for center, step in centred.items():
+        assert step.settings == dict(paper.settings, projection_center=center)
+        assert step.inputs == paper.inputs  # the same fit part and models
+    directories = {Path(s.outputs["checkpoint"]).parent for s in (paper, *centred.values())}
+    assert len(directories) == 3  # their resume files and logs never meet
+    test = both.probe(pair, "gsm8k", "test")
+    assert test.settings["centred"] == ["mean", "standardize"]
+    assert test.inputs["centred_projectors"] == [
+        centred[c].outputs["checkpoint"] for c in ("mean", "standardize")
+    ]
+    assert test.inputs["centred_records"] == [centred[c].outputs["record"] for c in ("mean", "standardize")]
+    table = both.probe_table("thought_probe")
+    assert table.inputs["centred_records"] == test.inputs["centred_records"]
+    none = Plan(Config(deep_merge(raw, {"probe": {"presets": {preset: {"centred": []}}}})))
+    with pytest.raises(ConfigError, match="'mean' is not among probe.centred"):
+        none.probe_train(pair, "gsm8k", "mean")
+    assert none.probe(pair, "gsm8k", "test").inputs["centred_projectors"] == []
+
+
+def test_scoring_refuses_a_record_trained_with_another_centring(tmp_path):
+    settings = {"pair": {"assistant": "a", "base": "b"}, "train": {"lr": 0.01, "projection_center": "none"}}
+    record = tmp_path / "projector.json"
+    record.write_text(
+        json.dumps({"settings": {"pair": settings["pair"], "lr": 0.01, "projection_center": "none"}})
+    )
+    _check_record(record, settings, "none")
+    with pytest.raises(ModelError, match=r"other settings \(projection_center\)"):
+        _check_record(record, settings, "standardize")
+
+
 # --- the NLL of every condition ------------------------------------------------------------------
 def _settings(limit: int | None = None) -> dict:
     return {
@@ -223,6 +263,51 @@ def test_the_mean_thoughts_use_only_the_trained_examples(tiny_base, tiny_assista
     assert records[0]["nll_sum"]["mean"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+def test_a_centred_projectors_conditions_equal_a_full_forward_computation(tiny_base, tiny_assistant):
+    examples = [gsm8k_example(i) for i in range(3)]
+    train_examples = [gsm8k_example(i) for i in range(10, 13)]
+    trained = Projector.seeded(48, 32, seed=7)
+    with torch.no_grad():
+        trained.weight.mul_(20)
+    inputs = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
+    paper_only = scoring.score(_settings(), inputs, tiny_base, tiny_assistant, trained)
+
+    # The centred projector's statistics come from the training states, as its training sets them.
+    identity = Projector(48, 48)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(48))
+        identity.bias.zero_()
+    centred = Projector.seeded(48, 32, seed=7, center="standardize")
+    centred.fit_center(_thoughts(tiny_assistant, identity, train_examples))
+    with torch.no_grad():
+        centred.weight.mul_(30)
+    settings = dict(_settings(), centred=["standardize"])
+    records = scoring.score(
+        settings, inputs, tiny_base, tiny_assistant, trained, centred={"standardize": centred}
+    )
+
+    own = _thoughts(tiny_assistant, centred, examples)
+    mean = _thoughts(tiny_assistant, centred, train_examples).mean(dim=0)
+    others = heldout.derangement(len(examples), 3)
+    base_renderer = PromptRenderer(load_prompt_set("paper"), tiny_base, None)
+    for i, (example, record, before) in enumerate(zip(examples, records, paper_only, strict=True)):
+        hinted = base_renderer.training_sequence(example, N)
+        target = len(hinted.ids) - hinted.supervised_from
+        slot = hinted.ids.index(tiny_base.placeholder_ids.unk)
+        expected = {
+            "own-standardize": _full_nll(tiny_base.model, hinted.ids, target, slot, own[i]),
+            "shuffled-standardize": _full_nll(tiny_base.model, hinted.ids, target, slot, own[others[i]]),
+            "mean-standardize": _full_nll(tiny_base.model, hinted.ids, target, slot, mean),
+        }
+        assert list(record["nll_sum"]) == [key for key, _ in conditions.conditions(["standardize"])]
+        for key, value in expected.items():
+            assert record["nll_sum"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+        assert len({round(v, 3) for v in expected.values()}) == 3
+        # The paper projector's six conditions are what they are without the centred projector.
+        for key, value in before["nll_sum"].items():
+            assert record["nll_sum"][key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
 def test_the_training_states_come_from_the_training_cache(tiny_base, tiny_assistant, tmp_path):
     examples = [gsm8k_example(i) for i in range(3)]
     train_examples = [gsm8k_example(i) for i in range(10, 13)]
@@ -246,13 +331,16 @@ def test_a_target_that_differs_between_the_prompts_is_refused():
 
 
 # --- the table -----------------------------------------------------------------------------------
-def _write_per_example(path: Path, n: int, seed: int) -> None:
+def _write_per_example(path: Path, n: int, seed: int, centred: tuple[str, ...] = ()) -> None:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         tokens = int(rng.integers(50, 150))
-        nll = {key: float(1.5 + rng.normal(0, 0.2)) for key, _ in conditions.CONDITIONS}
+        nll = {key: float(1.5 + rng.normal(0, 0.2)) for key, _ in conditions.conditions(centred)}
         nll["own"] = nll["mean"] - 0.05 + float(rng.normal(0, 0.02))
+        for center in centred:  # each centred projector's own thoughts 0.05 nats better than shuffled
+            own = conditions.centred_key("own", center)
+            nll[own] = nll[conditions.centred_key("shuffled", center)] - 0.05 + float(rng.normal(0, 0.02))
         rows.append(
             {
                 "id": f"gsm8k-test-{i}",
@@ -268,7 +356,7 @@ def _write_per_example(path: Path, n: int, seed: int) -> None:
 
 def test_a_cell_and_a_p_value_can_be_recomputed_from_the_per_example_file(tmp_path, raw):
     spec = Plan(Config(raw)).probe_table("thought_probe").settings
-    spec = dict(spec, datasets=["gsm8k", "aqua"])
+    spec = dict(spec, datasets=["gsm8k", "aqua"], centred=[])  # the paper projector's six rows alone
     paths = {}
     for i, dataset in enumerate(spec["datasets"]):
         per_example = tmp_path / f"{dataset}.jsonl"
@@ -302,6 +390,62 @@ def test_a_cell_and_a_p_value_can_be_recomputed_from_the_per_example_file(tmp_pa
     assert outputs["png"].stat().st_size > 0
     # Own thoughts were made 0.05 nats better than the mean soft prompt: the test finds it.
     assert rows["aqua", "mean"]["significant"] == "True"
+
+
+def test_a_centred_projector_adds_three_rows_and_three_tests(tmp_path, raw):
+    spec = dict(Plan(Config(raw)).probe_table("thought_probe").settings, datasets=["gsm8k"], centred=["mean"])
+    per_example, record, data = tmp_path / "gsm8k.jsonl", tmp_path / "gsm8k.json", tmp_path / "data.jsonl"
+    _write_per_example(per_example, 80, seed=5, centred=("mean",))
+    record.write_text(json.dumps({"examples": 64, "steps": 16, "epoch_losses": [1.3], "settings": {}}))
+    centred_record = tmp_path / "centred.json"
+    centred_record.write_text(
+        json.dumps({"examples": 64, "steps": 16, "epoch_losses": [1.1], "settings": {}})
+    )
+    data.write_text("{}\n")
+    with pytest.raises(ConfigError, match="one record per centred projector"):
+        probe_table.build_table(spec, [per_example], [record], [data], [data], [], resamples=500)
+    table = probe_table.build_table(
+        spec, [per_example], [record], [data], [data], [centred_record], resamples=500
+    )
+    outputs = {suffix: tmp_path / f"thought_probe.{suffix}" for suffix in ("md", "csv", "json", "png")}
+    probe_table.write_reports(table, outputs)
+
+    rows = [r for r in csv.DictReader(outputs["csv"].open())]
+    per = [json.loads(line) for line in per_example.read_text().splitlines()]
+    nll = {key: np.array([r["nll"][key] for r in per]) for key in per[0]["nll"]}
+    tested = {(r["reference"], r["condition"]): r for r in rows if r["p_value"] != ""}
+    assert set(tested) == {
+        ("own", "no-hint"),
+        ("own", "unk"),
+        ("own", "untrained"),
+        ("own", "shuffled"),
+        ("own", "mean"),
+        ("own-mean", "shuffled-mean"),
+        ("own-mean", "mean-mean"),
+        ("own-mean", "no-hint"),
+    }
+    for (reference, key), row in tested.items():
+        differences = nll[reference] - nll[key]
+        assert float(row["own_minus"]) == pytest.approx(differences.mean(), abs=1e-12)
+        assert float(row["p_value"]) == stats.sign_flip_test(differences, 500)
+        assert float(row["mean_nll"]) == pytest.approx(nll[key].mean(), abs=1e-12)
+    adjusted = stats.holm_adjust([float(r["p_value"]) for r in tested.values()])
+    assert sorted(adjusted) == pytest.approx(sorted(float(r["p_adjusted"]) for r in tested.values()))
+    # Own thoughts through the centred projector were made better than another example's: found.
+    assert tested["own-mean", "shuffled-mean"]["significant"] == "True"
+    markdown = outputs["md"].read_text()
+    for label in (
+        "Mean-centred projector, own thoughts",
+        "Mean-centred projector, another example's thoughts",
+        "Mean-centred projector, mean training thoughts",
+    ):
+        assert markdown.count(f"| {label} |") == (1 if label.endswith("own thoughts") else 2)
+    assert "Mean-centred projector, own thoughts minus each condition" in markdown
+    assert f"{nll['own-mean'].mean():.4f}" in markdown and "train.projection_center mean" in markdown
+    assert "mean loss per epoch 1.1000" in markdown  # the centred projector's own training record
+    assert json.loads(outputs["json"].read_text())["shuffled-mean"]["gsm8k"] == pytest.approx(
+        nll["shuffled-mean"].mean(), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])

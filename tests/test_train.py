@@ -17,7 +17,7 @@ from softcot.errors import ConfigError, DataError
 from softcot.io import write_jsonl_atomic
 from softcot.methods.softcot import batch_loss, batch_thoughts, make_batch
 from softcot.prompts import PromptRenderer, load_prompt_set
-from softcot.thoughts import Projector, base_embeddings, splice_thoughts
+from softcot.thoughts import Projector, base_embeddings, load_projector, splice_thoughts
 from softcot.training import loop
 from softcot.training.losses import IGNORE, lm_loss_sum
 from softcot.training.pair_data import compute_states, encode_training_data
@@ -34,6 +34,7 @@ SETTINGS = {
     "max_grad_norm": 1.0,
     "seed": 0,
     "projection_master_dtype": "fp32",
+    "projection_center": "none",
     "drop_last_train_token": False,
     "limit": None,
     "max_length": 1024,
@@ -234,6 +235,24 @@ def test_train_writes_projector_and_record(workspace, tiny_base, tiny_assistant)
     # The frozen models are bit-identical after training.
     after = {name: t for m in (tiny_base, tiny_assistant) for name, t in m.model.state_dict().items()}
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_centred_projector_stores_the_statistics_of_its_training_states(workspace):
+    out = run_train(workspace, "centred", dict(SETTINGS, projection_center="standardize"))
+    cache = workspace / "states" / "gemma-3-270m" / "paper" / "gsm8k" / f"train-n{N}.safetensors"
+    with safe_open(str(cache), framework="pt") as f:
+        states = f.get_tensor("states").reshape(-1, 48).double()  # every example and slot position
+    projector = load_projector(out / "projector.safetensors")
+    assert projector.center == "standardize"
+    torch.testing.assert_close(projector.center_mean.double(), states.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        projector.center_scale.double(), states.std(0, correction=0), rtol=1e-6, atol=0
+    )
+    record = json.loads((out / "projector.json").read_text())
+    assert record["settings"]["projection_center"] == "standardize"
+    # The same run without centring trains another projection from the same start.
+    paper = load_projector(run_train(workspace, "paper") / "projector.safetensors")
+    assert paper.center == "none" and not torch.equal(paper.weight, projector.weight)
 
 
 def test_same_seed_gives_byte_identical_outputs_and_reuses_the_state_cache(workspace, monkeypatch):

@@ -124,7 +124,9 @@ class SoftCoT(Method):
             base.model.get_input_embeddings().embedding_dim,
             settings["seed"],
             MASTER_DTYPES[settings["projection_master_dtype"]],
+            settings["projection_center"],
         ).to(next(base.model.parameters()).device)
+        projector.fit_center(states)  # from every training state; the paper's `none` sets nothing
 
         def loss(batch: ThoughtBatch, step: Step) -> LossShare:
             thoughts = batch_thoughts(assistant, data, batch.indices, n, states)

@@ -20,7 +20,7 @@ from softcot import stats
 from softcot.errors import ConfigError, DataError, ModelError
 from softcot.io import sha256_file, write_jsonl_atomic
 from softcot.plan import PROBE_HELDOUT, Plan, check_keys, parse_settings
-from softcot.probe.conditions import CONDITIONS
+from softcot.probe.conditions import conditions
 from softcot.probe.heldout import split_train
 from softcot.probe.scoring import ProbeInputs, check_disjoint, score
 from softcot.probe.table import build_table, write_reports
@@ -29,7 +29,7 @@ from softcot.tables import REPORT_SUFFIXES
 
 # The settings each action reads (softcot.plan resolves them; a hand-written --settings is checked).
 SPLIT_KEYS = {"validation"}
-SCORE_KEYS = {"pair", "option_format", "num_thought_tokens", "examples", "seed", "train"}
+SCORE_KEYS = {"pair", "option_format", "num_thought_tokens", "examples", "seed", "centred", "train"}
 TABLE_KEYS = {
     "name",
     "heldout",
@@ -42,6 +42,7 @@ TABLE_KEYS = {
     "validation",
     "num_thought_tokens",
     "seed",
+    "centred",
     "train",
 }
 
@@ -71,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--fit", required=True, help="the fit part the probe projector trained on")
     scoring.add_argument("--projector", required=True, help="the probe projector checkpoint")
     scoring.add_argument("--record", required=True, help="its training record (projector.json)")
+    scoring.add_argument(
+        "--centred-projectors", nargs="*", default=[], help="the centred projectors, in probe.centred order"
+    )
+    scoring.add_argument("--centred-records", nargs="*", default=[], help="their training records, in order")
     scoring.add_argument("--models-dir", default="results/models", help="materialized models")
     scoring.add_argument(
         "--states", default="results/probe/states", help="the probe training's assistant state cache"
@@ -87,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(table)
     for what in ("per-example", "records", "examples", "fit"):
         table.add_argument(f"--{what}", nargs="+", required=True, type=Path, help="one per dataset, in order")
+    table.add_argument(
+        "--centred-records",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="the centred projectors' training records: per dataset in order, each of probe.centred",
+    )
     for suffix in REPORT_SUFFIXES:
         table.add_argument(f"--{suffix}", required=True, type=Path, help=f"the {suffix} report to write")
     table.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES)
@@ -118,13 +130,15 @@ def _run_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_record(path: Path, settings: dict[str, Any]) -> None:
+def _check_record(path: Path, settings: dict[str, Any], center: str) -> None:
+    """The record's training settings are the probe's, with train.projection_center `center`."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable training record ({exc})") from exc
     trained = record.get("settings", {})
-    differing = sorted(k for k, v in settings["train"].items() if trained.get(k) != v)
+    expected = dict(settings["train"], projection_center=center)
+    differing = sorted(k for k, v in expected.items() if trained.get(k) != v)
     if differing or trained.get("pair") != settings["pair"]:
         raise ModelError(
             f"{path}: the probe projector was trained with other settings "
@@ -152,17 +166,33 @@ def _run_score(args: argparse.Namespace) -> int:
         examples, train_examples, str(args.examples), str(args.fit), Path(args.states), sha256_file(args.fit)
     )
     check_disjoint(inputs)
-    _check_record(Path(args.record), settings)
+    centred = list(settings["centred"])
+    if not len(args.centred_projectors) == len(args.centred_records) == len(centred):
+        raise ConfigError(
+            f"pass one --centred-projectors checkpoint and one --centred-records record per centred "
+            f"projector of probe.centred {centred}"
+        )
+    _check_record(Path(args.record), settings, "none")
+    for center, record in zip(centred, args.centred_records, strict=True):
+        _check_record(Path(record), settings, center)
     local = parse_local_paths(args.local_path)
     models = settings["pair"]
     base = load_model(models["base"], args.models_dir, local_paths=local)
     same = models["assistant"] == models["base"]
     assistant = base if same else load_model(models["assistant"], args.models_dir, local_paths=local)
-    check_projector_file(args.projector, assistant.model.config.hidden_size, base.model.config.hidden_size)
-    trained = load_projector(args.projector, device=base.model.device)
-    records = score(settings, inputs, base, assistant, trained, args.batch_size)
+    projectors = {}
+    for center, path in zip(["none", *centred], [args.projector, *args.centred_projectors], strict=True):
+        check_projector_file(path, assistant.model.config.hidden_size, base.model.config.hidden_size)
+        projectors[center] = load_projector(path, device=base.model.device)
+        if projectors[center].center != center:
+            raise ModelError(
+                f"{path}: a projector with train.projection_center {projectors[center].center!r}, "
+                f"expected {center!r}"
+            )
+    trained = projectors.pop("none")
+    records = score(settings, inputs, base, assistant, trained, args.batch_size, projectors)
     write_jsonl_atomic(args.out, records)
-    means = {key: np.mean([r["nll"][key] for r in records]) for key, _ in CONDITIONS}
+    means = {key: np.mean([r["nll"][key] for r in records]) for key, _ in conditions(centred)}
     print("softcot probe score: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + f" -> {args.out}")
     return 0
 
@@ -171,7 +201,9 @@ def _run_table(args: argparse.Namespace) -> int:
     if args.resamples < 1:
         raise ConfigError(f"--resamples must be at least 1, got {args.resamples}")
     spec = _settings(args, lambda plan: plan.probe_table(args.name), TABLE_KEYS)
-    table = build_table(spec, args.per_example, args.records, args.examples, args.fit, args.resamples)
+    table = build_table(
+        spec, args.per_example, args.records, args.examples, args.fit, args.centred_records, args.resamples
+    )
     outputs = {suffix: getattr(args, suffix) for suffix in REPORT_SUFFIXES}
     for path in write_reports(table, outputs):
         print(path)

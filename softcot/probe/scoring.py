@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from softcot.errors import DataError
-from softcot.probe.conditions import CONDITIONS
+from softcot.probe.conditions import centred_key, conditions
 from softcot.probe.heldout import derangement
 
 
@@ -164,8 +164,11 @@ def score(
     assistant: Any,
     trained: Any,
     batch_size: int = 16,
+    centred: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-example records: the summed and per-token NLL of the target under every condition."""
+    """Per-example records: the summed and per-token NLL of the target under every condition.
+    `trained` is the paper's projector; `centred` maps each centred projector's
+    train.projection_center (probe.centred, in its order) to it."""
     import torch
 
     from softcot.prompts import PromptRenderer, load_prompt_set, locate_base_slots
@@ -178,6 +181,7 @@ def score(
     )
 
     check_disjoint(inputs)
+    centred = centred or {}
     train = settings["train"]
     n = int(settings["num_thought_tokens"])
     prompt_set = load_prompt_set(train["prompt_set"])
@@ -233,13 +237,21 @@ def score(
         MASTER_DTYPES[train["projection_master_dtype"]],
     ).to(trained.weight.device)
     others = derangement(len(sequences), settings["seed"])
+    device = trained.weight.device
     with torch.no_grad():
-        own = trained(states.to(trained.weight.device))
-        before = untrained(states.to(trained.weight.device))
-        mean = trained(train_states.to(trained.weight.device)).mean(dim=0)
+        before = untrained(states.to(device))
+        # Per projector: every held-out example's thoughts and the mean of its training thoughts.
+        projected = {
+            center: (projector(states.to(device)), projector(train_states.to(device)).mean(dim=0))
+            for center, projector in {"none": trained, **centred}.items()
+        }
+    keys = [key for key, _ in conditions(list(centred))]
     records = []
     for i, sequence in enumerate(tqdm(sequences, desc=f"probe {inputs.source}", unit="example")):
-        fills = {"unk": None, "untrained": before[i], "own": own[i], "shuffled": own[others[i]], "mean": mean}
+        fills = {"unk": None, "untrained": before[i]}
+        for center, (own, mean) in projected.items():
+            for key, fill in (("own", own[i]), ("shuffled", own[others[i]]), ("mean", mean)):
+                fills[key if center == "none" else centred_key(key, center)] = fill
         sums = score_sequence(base.model, sequence, fills)
         records.append(
             {
@@ -247,8 +259,8 @@ def score(
                 "index": i,
                 "target_tokens": sequence.target,
                 "shuffled_from": sequences[others[i]].example_id,
-                "nll_sum": {key: sums[key] for key, _ in CONDITIONS},
-                "nll": {key: sums[key] / sequence.target for key, _ in CONDITIONS},
+                "nll_sum": {key: sums[key] for key in keys},
+                "nll": {key: sums[key] / sequence.target for key in keys},
             }
         )
     return records

@@ -1,7 +1,9 @@
 """`softcot probe table`: per-example NLL files -> reports/thought_probe.{md,csv,json,png}.
 
-Per condition the mean NLL per target token with its bootstrap CI; `own` against every other
-condition a paired sign-flip permutation test, Holm over the table. No torch here.
+Per condition the mean NLL per target token with its bootstrap CI; every comparison of
+softcot.probe.conditions.comparisons (`own` against every other of the six, each centred projector's
+own thoughts against its shuffled and mean thoughts and no hint) a paired sign-flip permutation
+test, Holm over the table. No torch here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from softcot import stats, tables
 from softcot.errors import ConfigError, DataError
 from softcot.io import read_jsonl, sha256_file
-from softcot.probe.conditions import CONDITIONS, LABELS, REFERENCE
+from softcot.probe.conditions import CENTER_NAMES, comparisons, conditions
 from softcot.tables import ALPHA, SIGNIFICANT_MARK, Comparison, apply_holm, git_commit
 
 
@@ -31,6 +33,7 @@ class DatasetResult:
     nll: dict[str, np.ndarray]  # condition -> [examples] mean NLL per target token
     nll_sum: dict[str, np.ndarray]  # condition -> [examples] summed NLL
     record: dict[str, Any]  # the probe projector's training record
+    centred_records: dict[str, dict[str, Any]]  # center -> each centred projector's record
     examples_sha256: str
     fit_sha256: str
 
@@ -40,18 +43,30 @@ class ProbeTable:
     spec: dict[str, Any]
     results: dict[str, DatasetResult]
     intervals: dict[tuple[str, str], tuple[float, float]]  # (dataset, condition) -> CI of the mean
-    comparisons: dict[tuple[str, str], Comparison]  # (dataset, condition) -> own minus condition
+    # (dataset, reference, condition) -> reference minus condition
+    comparisons: dict[tuple[str, str, str], Comparison]
     resamples: int
     commit: str
 
 
-def read_per_example(path: Path, dataset: str, record: dict, examples: Path, fit: Path) -> DatasetResult:
-    ids, tokens, nll, sums = [], [], {k: [] for k, _ in CONDITIONS}, {k: [] for k, _ in CONDITIONS}
+def read_per_example(
+    path: Path,
+    dataset: str,
+    record: dict,
+    examples: Path,
+    fit: Path,
+    centred_records: dict[str, dict[str, Any]] | None = None,
+) -> DatasetResult:
+    """One dataset's per-example file, holding every condition of the centred projectors whose
+    records `centred_records` maps (center -> record; none: the six conditions alone)."""
+    centred_records = centred_records or {}
+    keys = [key for key, _ in conditions(list(centred_records))]
+    ids, tokens, nll, sums = [], [], {k: [] for k in keys}, {k: [] for k in keys}
     for lineno, row in read_jsonl(path):
         try:
             ids.append(str(row["id"]))
             tokens.append(int(row["target_tokens"]))
-            for key, _ in CONDITIONS:
+            for key in keys:
                 nll[key].append(float(row["nll"][key]))
                 sums[key].append(float(row["nll_sum"][key]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -65,6 +80,7 @@ def read_per_example(path: Path, dataset: str, record: dict, examples: Path, fit
         {k: np.array(v) for k, v in nll.items()},
         {k: np.array(v) for k, v in sums.items()},
         record,
+        centred_records,
         sha256_file(examples)[:12],
         sha256_file(fit)[:12],
     )
@@ -76,40 +92,67 @@ def build_table(
     records: Sequence[Path],
     examples: Sequence[Path],
     fits: Sequence[Path],
+    centred_records: Sequence[Path] = (),
     resamples: int = stats.DEFAULT_RESAMPLES,
 ) -> ProbeTable:
-    """Per condition: mean NLL per token and its bootstrap CI over examples; `own` against every
-    other condition: paired sign-flip permutation test on per-example NLL, Holm over the table."""
+    """Per condition: mean NLL per token and its bootstrap CI over examples; every comparison of
+    `comparisons(spec["centred"])`: paired sign-flip permutation test on per-example NLL, Holm over
+    the table. `centred_records`: per dataset in order, the record of each of spec["centred"]."""
+    centred = list(spec["centred"])
     lists = (per_example, records, examples, fits)
-    if any(len(paths) != len(spec["datasets"]) for paths in lists):
-        raise ConfigError("pass one per-example file, record, examples file and fit file per dataset")
-    missing = [str(p) for paths in lists for p in paths if not Path(p).exists()]
+    if any(len(paths) != len(spec["datasets"]) for paths in lists) or len(centred_records) != len(
+        spec["datasets"]
+    ) * len(centred):
+        raise ConfigError(
+            "pass one per-example file, record, examples file and fit file per dataset, and per dataset "
+            f"one record per centred projector ({centred})"
+        )
+    missing = [str(p) for paths in (*lists, centred_records) for p in paths if not Path(p).exists()]
     if missing:
         raise DataError(f"{len(missing)} probe inputs are missing:\n  " + "\n  ".join(missing))
     results = {}
-    for dataset, path, record, held_out, fit in zip(spec["datasets"], *lists, strict=True):
-        try:
-            training = json.loads(Path(record).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{record}: not valid JSON ({exc.msg})") from exc
-        results[dataset] = read_per_example(Path(path), dataset, training, Path(held_out), Path(fit))
-    intervals, comparisons = {}, {}
+    for i, (dataset, path, record, held_out, fit) in enumerate(zip(spec["datasets"], *lists, strict=True)):
+        own_records = centred_records[i * len(centred) : (i + 1) * len(centred)]
+        centred_training = {
+            center: _read_record(Path(p)) for center, p in zip(centred, own_records, strict=True)
+        }
+        results[dataset] = read_per_example(
+            Path(path), dataset, _read_record(Path(record)), Path(held_out), Path(fit), centred_training
+        )
+    intervals, tests = {}, {}
     for dataset, result in results.items():
-        for key, _ in CONDITIONS:
+        for key, _ in conditions(centred):
             intervals[dataset, key] = stats.bootstrap_ci(result.nll[key], resamples)
-            if key == REFERENCE:
-                continue
-            differences = result.nll[REFERENCE] - result.nll[key]
+        for reference, key in comparisons(centred):
+            differences = result.nll[reference] - result.nll[key]
             low, high = stats.bootstrap_ci(differences, resamples)
-            comparisons[dataset, key] = Comparison(
+            tests[dataset, reference, key] = Comparison(
                 float(differences.mean()), low, high, stats.sign_flip_test(differences, resamples)
             )
-    apply_holm(comparisons.values())
-    return ProbeTable(spec, results, intervals, comparisons, resamples, git_commit())
+    apply_holm(tests.values())
+    return ProbeTable(spec, results, intervals, tests, resamples, git_commit())
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
+
+
+def _row_references(centred: Sequence[str]) -> dict[str, str]:
+    """condition -> the reference its row in the NLL table is marked against: its first comparison
+    (the six: the paper projector's own; a centred projector's: that projector's own)."""
+    references: dict[str, str] = {}
+    for reference, key in comparisons(centred):
+        references.setdefault(key, reference)
+    return references
 
 
 def render_markdown(table: ProbeTable) -> str:
     spec, datasets = table.spec, table.spec["datasets"]
+    labels = dict(conditions(spec["centred"]))
+    references = _row_references(spec["centred"])
     where = (
         "held-out test examples" if spec["heldout"] == "test" else "the validation slice of the train split"
     )
@@ -120,47 +163,62 @@ def render_markdown(table: ProbeTable) -> str:
         "| Condition | " + " | ".join(datasets) + " |",
         "|:--" + "|--:" * len(datasets) + "|",
     ]
-    for key, label in CONDITIONS:
+    for key, label in labels.items():
         cells = []
         for dataset in datasets:
             mean = float(table.results[dataset].nll[key].mean())
             low, high = table.intervals[dataset, key]
-            comparison = table.comparisons.get((dataset, key))
+            comparison = table.comparisons.get((dataset, references.get(key), key))
             mark = SIGNIFICANT_MARK if comparison and comparison.significant else ""
             cells.append(f"{mean:.4f} [{low:.4f}, {high:.4f}]{mark}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"{LABELS[REFERENCE]} minus each condition, nats per token [95% CI], p (Holm-adjusted p); "
-        "negative: own thoughts make the gold target more likely:",
-        "",
-        "| Condition | " + " | ".join(datasets) + " |",
-        "|:--" + "|--:" * len(datasets) + "|",
-    ]
-    for key, label in CONDITIONS:
-        if key == REFERENCE:
-            continue
-        cells = []
-        for dataset in datasets:
-            c = table.comparisons[dataset, key]
-            cells.append(
-                f"{c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.4f} ({c.p_adjusted:.4f})"
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    tested = comparisons(spec["centred"])
+    for reference in dict.fromkeys(reference for reference, _ in tested):
+        lines += [
+            "",
+            f"{labels[reference]} minus each condition, nats per token [95% CI], p (Holm-adjusted p); "
+            "negative: own thoughts make the gold target more likely:",
+            "",
+            "| Condition | " + " | ".join(datasets) + " |",
+            "|:--" + "|--:" * len(datasets) + "|",
+        ]
+        for key in (key for ref, key in tested if ref == reference):
+            cells = []
+            for dataset in datasets:
+                c = table.comparisons[dataset, reference, key]
+                interval = f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+                cells.append(f"{c.delta:+.4f} {interval}, p={c.p_value:.4f} ({c.p_adjusted:.4f})")
+            lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(_notes(table), start=1)]
     return "\n".join(lines) + "\n"
 
 
-def _training_note(dataset: str, result: DatasetResult, validation: int) -> str:
-    record = result.record
+def _losses(record: dict[str, Any]) -> str:
+    return "mean loss per epoch " + ", ".join(f"{loss:.4f}" for loss in record.get("epoch_losses", []))
+
+
+def _training_note(dataset: str, record: dict[str, Any], validation: int) -> str:
     settings = record.get("settings", {})
-    losses = ", ".join(f"{loss:.4f}" for loss in record.get("epoch_losses", []))
     return (
         f"{dataset}: {record.get('examples')} examples (the first of the train split without its last "
         f"{validation}), {settings.get('epochs')} epoch(s), {record.get('steps')} steps of batch "
         f"{settings.get('batch_size')}, lr {settings.get('lr')} with linear decay, "
-        f"N={settings.get('num_thought_tokens')} at training, seed {settings.get('seed')}; mean loss per "
-        f"epoch {losses}"
+        f"N={settings.get('num_thought_tokens')} at training, seed {settings.get('seed')}; {_losses(record)}"
+    )
+
+
+def _centred_note(centred: Sequence[str]) -> str:
+    if not centred:
+        return ""
+    return (
+        " Centred projectors ("
+        + ", ".join(f"{CENTER_NAMES[c]}: train.projection_center {c}" for c in centred)
+        + "): trained exactly as the probe projector, except that before the projection `mean` "
+        "subtracts the per-dimension mean of its training slot states (over every training example "
+        "and slot position) and `standardize` also divides by their per-dimension standard deviation "
+        "(floored; both stored in the checkpoint); each scored with its own thoughts, the same "
+        "derangement's other example's thoughts and its mean training thoughts, its own thoughts "
+        "tested against the other two and against no hint."
     )
 
 
@@ -188,17 +246,24 @@ def _notes(table: ProbeTable) -> list[str]:
         f"through it (a fixed derangement: Sattolo cycle from numpy default_rng({spec['seed']}), no "
         "example keeps its own), or the trained projector's thoughts averaged over its training "
         "examples (one soft prompt for all questions). The prompt before the slot is computed once "
-        "per example and its KV cache reused.",
-        f"{SIGNIFICANT_MARK}: Holm-adjusted p < {ALPHA} for own thoughts against that condition. Test: "
+        "per example and its KV cache reused." + _centred_note(spec["centred"]),
+        f"{SIGNIFICANT_MARK}: Holm-adjusted p < {ALPHA} for own thoughts against that condition (the "
+        "own thoughts of the same projector). Test: "
         "two-sided paired sign-flip permutation test on per-example NLL per token (own minus "
         f"condition), {table.resamples:,} resamples from numpy default_rng({stats.DEFAULT_SEED}), "
         f"p = (b+1)/(R+1). Correction: Holm–Bonferroni over all {n_tests} comparisons of this table. "
         f"CI of a difference: percentile bootstrap, {table.resamples:,} resamples.",
         f"Examples ({heldout}): " + ", ".join(f"{ds} {len(table.results[ds].ids)}" for ds in datasets) + ".",
         "Probe projector (its own artefact, not the main tables'): "
-        + "; ".join(_training_note(ds, table.results[ds], spec["validation"]) for ds in datasets)
+        + "; ".join(_training_note(ds, table.results[ds].record, spec["validation"]) for ds in datasets)
         + ". Its settings were chosen on the validation slice (reports/thought_probe_validation.md), "
-        "never on the test split.",
+        "never on the test split."
+        + "".join(
+            f" {CENTER_NAMES[center]} projector (train.projection_center {center}), the same training: "
+            + "; ".join(f"{ds} {_losses(table.results[ds].centred_records[center])}" for ds in datasets)
+            + "."
+            for center in spec["centred"]
+        ),
         f"Pair: {spec['pair']} (assistant {models['assistant']}, base {models['base']}); preset "
         f"{spec['preset']}; prompt set {spec['train']['prompt_set']}.",
         f"Code: git commit {table.commit}.",
@@ -212,11 +277,18 @@ def _notes(table: ProbeTable) -> list[str]:
 
 
 def csv_rows(table: ProbeTable) -> list[dict[str, Any]]:
-    """One row per (dataset, condition), every number at full precision."""
+    """One row per (dataset, condition), its comparison (`reference` minus it) that of its row in
+    the markdown table; then one row per further comparison (a centred projector's own thoughts
+    against no hint), repeating the condition's own numbers. Every number at full precision."""
+    centred = table.spec["centred"]
+    labels = dict(conditions(centred))
+    first = _row_references(centred)
+    further = [(reference, key) for reference, key in comparisons(centred) if first[key] != reference]
+    lines = [(first.get(key), key) for key in labels] + further
     rows = []
     for dataset, result in table.results.items():
-        for key, label in CONDITIONS:
-            c = table.comparisons.get((dataset, key))
+        for reference, key in lines:
+            c = table.comparisons.get((dataset, reference, key))
             low, high = table.intervals[dataset, key]
             rows.append(
                 {
@@ -224,7 +296,8 @@ def csv_rows(table: ProbeTable) -> list[dict[str, Any]]:
                     "pair": table.spec["pair"],
                     "dataset": dataset,
                     "condition": key,
-                    "label": label,
+                    "label": labels[key],
+                    "reference": reference or "",
                     "n_examples": len(result.ids),
                     "n_tokens": int(result.tokens.sum()),
                     "mean_nll": float(result.nll[key].mean()),
@@ -246,7 +319,7 @@ def metrics(table: ProbeTable) -> dict[str, dict[str, float]]:
     """{condition: {dataset: mean NLL per token}} for `dvc exp show`."""
     return {
         key: {ds: round(float(r.nll[key].mean()), 6) for ds, r in table.results.items()}
-        for key, _ in CONDITIONS
+        for key, _ in conditions(table.spec["centred"])
     }
 
 
@@ -254,9 +327,10 @@ def write_plot(path: Path, table: ProbeTable) -> None:
     """Per dataset, the conditions side by side: mean NLL per token with its 95% bootstrap CI."""
     datasets = table.spec["datasets"]
     fig, ax = tables.pyplot().subplots(figsize=(max(6, 2.2 * len(datasets) + 3), 4))
-    width = 0.8 / len(CONDITIONS)
-    for i, (key, label) in enumerate(CONDITIONS):
-        xs = [d + (i - (len(CONDITIONS) - 1) / 2) * width for d in range(len(datasets))]
+    shown = conditions(table.spec["centred"])
+    width = 0.8 / len(shown)
+    for i, (key, label) in enumerate(shown):
+        xs = [d + (i - (len(shown) - 1) / 2) * width for d in range(len(datasets))]
         means = [float(table.results[ds].nll[key].mean()) for ds in datasets]
         lows = [m - table.intervals[ds, key][0] for m, ds in zip(means, datasets, strict=True)]
         highs = [table.intervals[ds, key][1] - m for m, ds in zip(means, datasets, strict=True)]

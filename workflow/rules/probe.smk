@@ -1,5 +1,6 @@
 # The thought probe (softcot/probe/): the base model's teacher-forced NLL of the gold target on
-# held-out examples under six conditions, with its own projector. `snakemake reports/thought_probe.md`
+# held-out examples under six conditions, with its own projector, and three more per centred
+# projector (probe.centred). `snakemake reports/thought_probe.md`
 # scores the test split; reports/thought_probe_validation.md scores the validation slice of the
 # train split, where the probe's training settings are chosen. The main tables' jobs are untouched.
 from softcot.plan import PROBE_HELDOUT, PROBE_REPORTS
@@ -35,25 +36,30 @@ rule probe_split:
         " --train {input.train} --fit {output.fit} --validation {output.validation} > {log} 2>&1"
 
 
-# SoftCoT's training (softcot train) with probe.train on the fit part; its assistant state cache
-# is kept apart from the main projectors' (results/probe/states).
+# SoftCoT's training (softcot train) with probe.train on the fit part, with train.projection_center
+# {center}: the paper's `none`, or one of probe.centred. Its assistant state cache is kept apart from
+# the main projectors' (results/probe/states) and shared by every centring.
 rule probe_train:
     input:
-        unpack(lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset).inputs),
+        unpack(lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset, wildcards.center).inputs),
     output:
-        checkpoint="results/probe/{pair}/{dataset}/projector.safetensors",
-        record="results/probe/{pair}/{dataset}/projector.json",
+        checkpoint="results/probe/{pair}/{dataset}/center-{center}/projector.safetensors",
+        record="results/probe/{pair}/{dataset}/center-{center}/projector.json",
+    wildcard_constraints:
+        center=r"[a-z]+",
     params:
-        settings=lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset).settings_json,
+        settings=lambda wildcards: PLAN.probe_train(
+            wildcards.pair, wildcards.dataset, wildcards.center
+        ).settings_json,
         local=lambda wildcards: PLAN.local_path_arguments(
             list(PLAN.probe_train(wildcards.pair, wildcards.dataset).settings["pair"].values())
         ),
     conda:
         "../envs/softcot.yaml"
     log:
-        "logs/probe/{pair}/{dataset}/train.log",
+        "logs/probe/{pair}/{dataset}/train-{center}.log",
     benchmark:
-        "logs/probe/{pair}/{dataset}/train.bench.tsv"
+        "logs/probe/{pair}/{dataset}/train-{center}.bench.tsv"
     resources:
         mem_mb=8000 if GPU_PER_JOB == 0 else 64000,
         runtime=train_runtime,
@@ -92,7 +98,9 @@ rule probe_score:
     shell:
         "softcot probe score --pair {wildcards.pair} --dataset {wildcards.dataset} --heldout {wildcards.heldout}"
         " --settings {params.settings:q} --examples {input.examples} --fit {input.fit}"
-        " --projector {input.projector} --record {input.record} --models-dir results/models"
+        " --projector {input.projector} --record {input.record}"
+        " --centred-projectors {input.centred_projectors} --centred-records {input.centred_records}"
+        " --models-dir results/models"
         " --states results/probe/states --out {output.per_example} --threads {resources.torch_threads}"
         " {params.local} > {log} 2>&1"
 
@@ -121,5 +129,5 @@ rule probe_table:
     shell:
         "softcot probe table --name {wildcards.probe} --settings {params.spec:q}"
         " --per-example {input.per_example} --records {input.records} --examples {input.examples}"
-        " --fit {input.fit} --md {output.md} --csv {output.csv} --json {output.json} --png {output.png}"
+        " --fit {input.fit} --centred-records {input.centred_records} --md {output.md} --csv {output.csv} --json {output.json} --png {output.png}"
         " > {log} 2>&1"
