@@ -8,7 +8,8 @@ and the same share for the trained projector's thoughts, with the norms of its b
 weight's contribution. Forward passes only. A diagnostic, not a test:
 
     python benchmarks/probe_states.py --examples results/probe/data/gsm8k/validation.jsonl \
-        --projector results/probe/tiny-smol/gsm8k/center-none/projector.safetensors --assistant smollm2-135m-instruct
+        --projector results/probe/tiny-smol/gsm8k/center-none/projector.safetensors \
+        --assistant smollm2-135m-instruct
 """
 
 from __future__ import annotations
