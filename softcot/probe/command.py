@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--fit", required=True, help="the fit part to write")
     split.add_argument("--validation", required=True, help="the validation part to write")
 
-    scoring = actions.add_parser("score", help="score the six conditions on held-out examples")
+    scoring = actions.add_parser("score", help="score every condition on held-out examples")
     scoring.add_argument("--pair", required=True, help="model pair name (params.yaml presets.<preset>.pairs)")
     scoring.add_argument("--dataset", required=True)
     scoring.add_argument("--heldout", choices=PROBE_HELDOUT, default="test", help="which held-out set")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# (key, label) in the table's order; `own` is what every other is tested against.
+# (key, label) in the table's order; `own` is what every other of the six is tested against.
 CONDITIONS = (
     ("no-hint", "No hint (Zero-Shot CoT prompt)"),
     ("unk", "Hint with UNK embeddings (CoT-UNK)"),

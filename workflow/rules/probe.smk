@@ -41,7 +41,9 @@ rule probe_split:
 # the main projectors' (results/probe/states) and shared by every centring.
 rule probe_train:
     input:
-        unpack(lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset, wildcards.center).inputs),
+        unpack(
+            lambda wildcards: PLAN.probe_train(wildcards.pair, wildcards.dataset, wildcards.center).inputs
+        ),
     output:
         checkpoint="results/probe/{pair}/{dataset}/center-{center}/projector.safetensors",
         record="results/probe/{pair}/{dataset}/center-{center}/projector.json",
@@ -52,7 +54,9 @@ rule probe_train:
             wildcards.pair, wildcards.dataset, wildcards.center
         ).settings_json,
         local=lambda wildcards: PLAN.local_path_arguments(
-            list(PLAN.probe_train(wildcards.pair, wildcards.dataset).settings["pair"].values())
+            list(
+                PLAN.probe_train(wildcards.pair, wildcards.dataset, wildcards.center).settings["pair"].values()
+            )
         ),
     conda:
         "../envs/softcot.yaml"
@@ -129,5 +133,6 @@ rule probe_table:
     shell:
         "softcot probe table --name {wildcards.probe} --settings {params.spec:q}"
         " --per-example {input.per_example} --records {input.records} --examples {input.examples}"
-        " --fit {input.fit} --centred-records {input.centred_records} --md {output.md} --csv {output.csv} --json {output.json} --png {output.png}"
+        " --fit {input.fit} --centred-records {input.centred_records}"
+        " --md {output.md} --csv {output.csv} --json {output.json} --png {output.png}"
         " > {log} 2>&1"
