@@ -82,19 +82,20 @@ class Projector(nn.Linear):
     def fit_center(self, states: torch.Tensor) -> None:
         """Set the centring statistics from the training states [..., H_a], over every example and
         slot position (in float64, stored in the master dtype); `none` has nothing to set."""
+        if self.center == "none":
+            return
         flat = states.reshape(-1, states.shape[-1]).double()
-        if self.center != "none":
-            self.center_mean.copy_(flat.mean(dim=0))
+        self.center_mean.copy_(flat.mean(dim=0))
         if self.center == "standardize":
             self.center_scale.copy_(flat.std(dim=0, correction=0).clamp_min(CENTER_SCALE_FLOOR))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        if self.center == "none":
-            return super().forward(states.to(self.weight.dtype))
-        centred = states.to(self.weight.dtype) - self.center_mean
+        states = states.to(self.weight.dtype)
+        if self.center != "none":
+            states = states - self.center_mean
         if self.center == "standardize":
-            centred = centred / self.center_scale
-        return super().forward(centred)
+            states = states / self.center_scale
+        return super().forward(states)
 
 
 def save_projector(path: str | Path, projector: Projector) -> None:

@@ -210,12 +210,18 @@ def _full_nll(model, ids: list[int], target: int, slot: int, fill: torch.Tensor 
     return float(-log_probs.gather(1, tokens[0, -target:, None]).sum())
 
 
+def _scaled_projector() -> Projector:
+    """A seeded projector whose weight is large enough that the conditions differ visibly."""
+    projector = Projector.seeded(48, 32, seed=7)
+    with torch.no_grad():
+        projector.weight.mul_(20)
+    return projector
+
+
 def test_every_conditions_nll_equals_a_full_forward_computation(tiny_base, tiny_assistant):
     examples = [gsm8k_example(i) for i in range(4)]
     train_examples = [gsm8k_example(i) for i in range(10, 13)]
-    trained = Projector.seeded(48, 32, seed=7)
-    with torch.no_grad():
-        trained.weight.mul_(20)  # large enough that the conditions differ visibly
+    trained = _scaled_projector()
     inputs = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
     records = scoring.score(_settings(), inputs, tiny_base, tiny_assistant, trained, batch_size=3)
 
@@ -249,9 +255,7 @@ def test_every_conditions_nll_equals_a_full_forward_computation(tiny_base, tiny_
 def test_the_mean_thoughts_use_only_the_trained_examples(tiny_base, tiny_assistant):
     examples = [gsm8k_example(i) for i in range(3)]
     train_examples = [gsm8k_example(i) for i in range(10, 14)]
-    trained = Projector.seeded(48, 32, seed=7)
-    with torch.no_grad():
-        trained.weight.mul_(20)
+    trained = _scaled_projector()
     limited = scoring.ProbeInputs(examples, train_examples[:2], "held.jsonl", "fit.jsonl")
     records = scoring.score(_settings(2), limited, tiny_base, tiny_assistant, trained)
     mean = _thoughts(tiny_assistant, trained, train_examples[:2]).mean(dim=0)
@@ -266,9 +270,7 @@ def test_the_mean_thoughts_use_only_the_trained_examples(tiny_base, tiny_assista
 def test_a_centred_projectors_conditions_equal_a_full_forward_computation(tiny_base, tiny_assistant):
     examples = [gsm8k_example(i) for i in range(3)]
     train_examples = [gsm8k_example(i) for i in range(10, 13)]
-    trained = Projector.seeded(48, 32, seed=7)
-    with torch.no_grad():
-        trained.weight.mul_(20)
+    trained = _scaled_projector()
     inputs = scoring.ProbeInputs(examples, train_examples, "held.jsonl", "fit.jsonl")
     paper_only = scoring.score(_settings(), inputs, tiny_base, tiny_assistant, trained)
 

@@ -100,9 +100,8 @@ def build_table(
     the table. `centred_records`: per dataset in order, the record of each of spec["centred"]."""
     centred = list(spec["centred"])
     lists = (per_example, records, examples, fits)
-    if any(len(paths) != len(spec["datasets"]) for paths in lists) or len(centred_records) != len(
-        spec["datasets"]
-    ) * len(centred):
+    n_datasets = len(spec["datasets"])
+    if any(len(paths) != n_datasets for paths in lists) or len(centred_records) != n_datasets * len(centred):
         raise ConfigError(
             "pass one per-example file, record, examples file and fit file per dataset, and per dataset "
             f"one record per centred projector ({centred})"
